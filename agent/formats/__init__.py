@@ -1,0 +1,60 @@
+"""Input formats: which schema a decoded line is checked against, and how it is mapped.
+
+A format turns one decoded JSON value into ``(event_type, notification)`` or raises
+``RejectedLine``. Adding a format means one module here and one entry in ``FORMATS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+#: The notification object types (CONTRACT §5), also the ``event_type`` metric label values.
+EVENT_TYPES = ("hit", "vulnerability", "system", "scope")
+
+
+@dataclass(frozen=True)
+class MappingContext:
+    """What a mapping needs beyond the line itself."""
+
+    console_url: str = "https://my.wallarm.com"
+
+
+class EventFormat(Protocol):
+    """One input format (``native``, ``modsecurity``)."""
+
+    name: str
+
+    def convert(self, obj: Any, ctx: MappingContext) -> tuple[str, dict[str, Any] | None]:
+        """Classify, validate and map one decoded line.
+
+        Returns the event type and the notification object, or ``None`` as the object
+        when the line is valid but carries nothing to send (a ModSecurity transaction
+        without rule messages). Raises ``RejectedLine`` with reason ``unknown_event`` or
+        ``invalid_schema`` (and the event type, when known).
+        """
+        ...
+
+
+def _native() -> EventFormat:
+    from agent.formats.native import NativeFormat
+
+    return NativeFormat()
+
+
+def _modsecurity() -> EventFormat:
+    from agent.formats.modsecurity import ModSecurityFormat
+
+    return ModSecurityFormat()
+
+
+FORMATS: dict[str, Callable[[], EventFormat]] = {
+    "native": _native,
+    "modsecurity": _modsecurity,
+}
+
+
+def load_format(name: str) -> EventFormat:
+    """A ready format by name; schemas are loaded and compiled here, once."""
+    return FORMATS[name]()
