@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make demo` and `make check`.
+# Both build .venv from pyproject.toml first; nothing is installed outside it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo check lint test bench clean
+
+$(BIN)/tailhook: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/tailhook
+	$(BIN)/tailhook demo
+
+lint: $(BIN)/tailhook
+	$(BIN)/ruff check agent tests benchmarks
+	$(BIN)/ruff format --check agent tests benchmarks
+	$(BIN)/mypy
+
+test: $(BIN)/tailhook
+	$(BIN)/python -m pytest -q
+
+check: lint test
+
+bench: $(BIN)/tailhook
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

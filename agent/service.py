@@ -1,0 +1,185 @@
+"""Wiring: config -> state dir -> spool -> sinks -> sources -> metrics; signals; shutdown.
+
+``Agent`` owns the threads. Start order puts the spool and the sinks before the sources,
+so nothing is read before it can be kept. Stop order is the reverse: sources stop reading
+first, then the sinks get ``shutdown_timeout`` to send what they can; whatever is left
+stays in the spool for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from prometheus_client import CollectorRegistry
+
+from agent import __version__
+from agent.config import Config, FileSourceConfig
+from agent.errors import StateError
+from agent.formats import MappingContext, load_format
+from agent.httpd import MetricsServer
+from agent.pipeline import LineProcessor
+from agent.pipeline.rejected import RejectedLog
+from agent.sinks.webhook import WebhookSink
+from agent.sources.file import FileSource
+from agent.spool import Spool
+from agent.telemetry import Metrics, fields
+
+log = logging.getLogger(__name__)
+
+GAUGE_INTERVAL = 1.0
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create ``state_dir`` (0700) and check it can be written."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create state_dir {path}: {exc.strerror}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StateError(f"state_dir {path} is not writable")
+
+
+class Agent:
+    """One running tailhook: its spool, sources, sinks and metrics listener."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.spool: Spool | None = None
+        self.sources: list[FileSource] = []
+        self.sinks: list[WebhookSink] = []
+        self.server: MetricsServer | None = None
+        self._stop = threading.Event()
+        self._ready = False
+        self._gauges = threading.Thread(target=self._update_gauges, name="gauges", daemon=True)
+
+    # -- start ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        config = self.config
+        self.server = MetricsServer(
+            config.metrics.host, config.metrics.port, self.registry, self.healthy, self.ready
+        )
+        self.server.start()
+        prepare_state_dir(config.state_dir)
+        self.spool = Spool(
+            config.state_dir / "spool.db",
+            self.metrics,
+            config.spool.max_bytes,
+            config.spool.when_full,
+        )
+        enabled = [hook for hook in config.webhooks if hook.enabled]
+        self.spool.configure_webhooks({hook.name: hook.events for hook in enabled})
+        for hook in enabled:
+            sink = WebhookSink(hook, self.spool, self.metrics, config.state_dir)
+            self.sinks.append(sink)
+            sink.start()
+        ctx = MappingContext(console_url=config.console_url)
+        for source_config in config.sources:
+            if not isinstance(source_config, FileSourceConfig):
+                raise NotImplementedError("unix_socket sources arrive in a later version")
+            processor = LineProcessor(
+                source_config.name,
+                load_format(source_config.format),
+                ctx,
+                self.metrics,
+                RejectedLog(config.state_dir / "rejected", source_config.name),
+            )
+            source = FileSource(source_config, self.spool, processor, self.metrics)
+            self.sources.append(source)
+            source.start()
+        for source in self.sources:
+            source.started.wait(10)
+        self._gauges.start()
+        self._ready = True
+        log.info(
+            "tailhook is running",
+            extra=fields(
+                version=__version__,
+                sources=len(self.sources),
+                webhooks=len(self.sinks),
+                metrics=f"http://{config.metrics.host}:{self.server.port}/metrics",
+            ),
+        )
+
+    # -- health -----------------------------------------------------------------------
+
+    def healthy(self) -> tuple[bool, str]:
+        dead = [s.name for s in self.sources if not s.is_alive()]
+        dead += [s.name for s in self.sinks if not s.is_alive()]
+        if self._ready and dead and not self._stop.is_set():
+            return False, "stopped: " + ", ".join(dead)
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._ready:
+            return False, "starting"
+        if self._stop.is_set():
+            return False, "stopping"
+        return self.healthy()
+
+    def _update_gauges(self) -> None:
+        while not self._stop.wait(GAUGE_INTERVAL):
+            if self.spool is None:
+                continue
+            try:
+                self.spool.update_gauges()
+            except Exception:
+                log.exception("Updating the backlog gauges failed")
+
+    # -- stop -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reading, send what can be sent within ``shutdown_timeout``, keep the rest."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        log.info(
+            "Stopping: no more reading; sending what can be sent",
+            extra=fields(shutdown_timeout=self.config.shutdown_timeout),
+        )
+        for source in self.sources:
+            source.stop()
+        for source in self.sources:
+            source.join(5)
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        for sink in self.sinks:
+            sink.stop(drain_until=deadline)
+        for sink in self.sinks:
+            sink.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        left = (
+            {sink.name: self.spool.backlog(sink.name) for sink in self.sinks} if self.spool else {}
+        )
+        if self.server is not None:
+            self.server.stop()
+        if self.spool is not None:
+            self.spool.close()
+        log.info(
+            "Stopped; undelivered events are kept for the next start", extra=fields(backlog=left)
+        )
+
+    def run_until_signalled(self) -> int:
+        """Run until SIGTERM or SIGINT, then stop cleanly. Returns the exit status."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("Signal received", extra=fields(signal=signal.Signals(signum).name))
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0

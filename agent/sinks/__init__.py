@@ -1,0 +1,3 @@
+"""Sinks deliver batches from the spool. ``webhook`` is the one sink: batching, retry
+policy (``retry``), signing (``signing``), the HTTP transport (``transport``) and the
+dead-letter files (``deadletter``), each in its own module."""

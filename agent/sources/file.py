@@ -1,0 +1,372 @@
+"""The file source: tails the files its globs match, by identity, with checkpoints.
+
+A file is known by its identity (device and inode) and a fingerprint of its first bytes,
+not by its path, so a rename rotation, a copytruncate and a reused inode are each told
+apart from "the same file, grown". Reading progress is committed to the spool together
+with the events it produced (``Spool.append``), never ahead of them.
+
+Changes are noticed through watchdog (inotify, or polling with ``watch: poll``), and by
+a rescan every second whatever the watcher says, so a missed event costs a second, not
+a line.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from agent.config import FileSourceConfig
+from agent.errors import StateError
+from agent.pipeline import LineProcessor
+from agent.sources.lines import LineSplitter
+from agent.spool import Checkpoint, Spool
+from agent.telemetry import Metrics, fields
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 256 * 1024
+#: Bytes read from one file before its events are committed and other files get a turn.
+COMMIT_BYTES = 1024 * 1024
+FINGERPRINT_BYTES = 64
+RESCAN_SECONDS = 1.0
+#: The checkpoint that marks a source as started once, so ``start_at`` applies only once.
+STARTED_KEY = "*"
+
+
+def file_key(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def read_fingerprint(fd: int) -> bytes:
+    return os.pread(fd, FINGERPRINT_BYTES, 0)
+
+
+def same_file(checkpoint: Checkpoint, fingerprint: bytes) -> bool:
+    """The file now has the first bytes it had when the checkpoint was written."""
+    known = checkpoint.fingerprint
+    return fingerprint[: len(known)] == known
+
+
+@dataclass
+class TailedFile:
+    """One open file and how far it has been read."""
+
+    key: str
+    path: str
+    fd: int
+    read_pos: int
+    splitter: LineSplitter
+    fingerprint: bytes
+    rotated_at: float | None = None  # when its path stopped pointing at it
+    last_growth: float = field(default_factory=time.monotonic)
+
+    @property
+    def committed(self) -> int:
+        """Offset of the first byte of the incomplete line: what a restart resumes at."""
+        return self.read_pos - self.splitter.pending
+
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.key, self.path, self.committed, self.fingerprint)
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, wake: threading.Event, rescan: threading.Event) -> None:
+        self.wake = wake
+        self.rescan = rescan
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("created", "moved", "deleted"):
+            self.rescan.set()
+        self.wake.set()
+
+
+class FileSource:
+    """Tails one ``type: file`` source in a thread of its own."""
+
+    def __init__(
+        self,
+        config: FileSourceConfig,
+        spool: Spool,
+        processor: LineProcessor,
+        metrics: Metrics,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.spool = spool
+        self.processor = processor
+        self.metrics = metrics
+        self.files: dict[str, TailedFile] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._rescan = threading.Event()
+        self._observer: BaseObserver | None = None
+        self._watched: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
+        self._lines = metrics.source_lines.labels(source=self.name)
+        self._bytes = metrics.source_bytes.labels(source=self.name)
+        self._lag = metrics.file_lag.labels(source=self.name)
+        self.started = threading.Event()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            self._start_watching()
+            self._open_initial()
+            self.started.set()
+            last_scan = time.monotonic()
+            while not self._stop.is_set():
+                if self._rescan.is_set() or time.monotonic() - last_scan >= RESCAN_SECONDS:
+                    self._rescan.clear()
+                    self._scan()
+                    last_scan = time.monotonic()
+                if self._read_all():
+                    continue
+                self._wake.wait(RESCAN_SECONDS)
+                self._wake.clear()
+        except StateError:
+            log.exception(
+                "The file source stopped: its state cannot be written",
+                extra=fields(source=self.name),
+            )
+            raise
+        finally:
+            self._stop_watching()
+            for tailed in self.files.values():
+                os.close(tailed.fd)
+            self.files.clear()
+
+    # -- watching ---------------------------------------------------------------------
+
+    def _start_watching(self) -> None:
+        mode = self.config.watch
+        if mode == "poll":
+            self._observer = PollingObserver(timeout=RESCAN_SECONDS)
+        else:
+            try:
+                self._observer = Observer()
+            except OSError as exc:
+                if mode == "inotify":
+                    raise
+                log.warning(
+                    "inotify is not available; polling instead",
+                    extra=fields(source=self.name, error=str(exc)),
+                )
+                self._observer = PollingObserver(timeout=RESCAN_SECONDS)
+        self._observer.daemon = True
+        self._observer.start()
+        self._watch_directories()
+
+    def _watch_directories(self) -> None:
+        """Watch each glob's directory, once it exists."""
+        assert self._observer is not None
+        handler = _Wake(self._wake, self._rescan)
+        for pattern in self.config.paths:
+            directory = _static_prefix(pattern)
+            if directory in self._watched or not os.path.isdir(directory):
+                continue
+            recursive = directory != os.path.dirname(pattern)
+            try:
+                self._observer.schedule(handler, directory, recursive=recursive)
+            except OSError as exc:
+                log.warning(
+                    "Cannot watch a directory; it is rescanned every second",
+                    extra=fields(source=self.name, error=str(exc)),
+                )
+                continue
+            self._watched.add(directory)
+
+    def _stop_watching(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+
+    # -- finding files ----------------------------------------------------------------
+
+    def _matches(self) -> dict[str, tuple[str, os.stat_result]]:
+        """The files the globs match now, by identity."""
+        found: dict[str, tuple[str, os.stat_result]] = {}
+        for pattern in self.config.paths:
+            for path in sorted(glob.glob(pattern)):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if os.path.isfile(path):
+                    found.setdefault(file_key(st), (path, st))
+        return found
+
+    def _open_initial(self) -> None:
+        checkpoints = self.spool.checkpoints(self.name)
+        first_start = STARTED_KEY not in checkpoints
+        for key, (path, st) in self._matches().items():
+            at_end = first_start and self.config.start_at == "end"
+            self._open(key, path, st, checkpoints.get(key), at_end)
+        gone = [key for key in checkpoints if key != STARTED_KEY and key not in self.files]
+        self.spool.forget_checkpoints(self.name, gone)
+        marker = Checkpoint(STARTED_KEY, "", 0, b"")
+        self.spool.append(self.name, [], marker)
+        for tailed in self.files.values():
+            self.spool.append(self.name, [], tailed.checkpoint())
+
+    def _open(
+        self,
+        key: str,
+        path: str,
+        st: os.stat_result,
+        checkpoint: Checkpoint | None,
+        at_end: bool,
+    ) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning(
+                "Cannot open a log file", extra=fields(source=self.name, path=path, error=str(exc))
+            )
+            return
+        actual = os.fstat(fd)
+        key = file_key(actual)
+        fingerprint = read_fingerprint(fd)
+        start = 0
+        if checkpoint is not None and same_file(checkpoint, fingerprint):
+            start = checkpoint.offset if checkpoint.offset <= actual.st_size else 0
+        elif at_end:
+            start = _end_of_last_line(fd, actual.st_size)
+        splitter = LineSplitter(self.config.max_line_bytes, skip_bom=start == 0)
+        self.files[key] = TailedFile(key, path, fd, start, splitter, fingerprint)
+        log.info("Tailing a file", extra=fields(source=self.name, path=path, offset=start))
+
+    def _scan(self) -> None:
+        """Pick up new files, notice rotated and deleted ones, release finished ones."""
+        self._watch_directories()
+        matches = self._matches()
+        now = time.monotonic()
+        for key, (path, st) in matches.items():
+            tailed = self.files.get(key)
+            if tailed is None:
+                self._open(key, path, st, None, at_end=False)
+            else:
+                tailed.path = path
+                tailed.rotated_at = None
+        lag = 0
+        for key, tailed in list(self.files.items()):
+            st = os.fstat(tailed.fd)
+            lag += max(0, st.st_size - tailed.read_pos)
+            if key in matches and st.st_nlink > 0:
+                continue
+            if tailed.rotated_at is None:
+                tailed.rotated_at = now
+            idle = now - tailed.last_growth
+            if idle >= self.config.rotate_wait and st.st_size <= tailed.read_pos:
+                self._release(tailed)
+        self._lag.set(lag)
+
+    def _release(self, tailed: TailedFile) -> None:
+        log.info(
+            "Released a rotated or deleted file after reading it to its end",
+            extra=fields(source=self.name, path=tailed.path),
+        )
+        os.close(tailed.fd)
+        del self.files[tailed.key]
+        self.spool.forget_checkpoints(self.name, [tailed.key])
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _read_all(self) -> bool:
+        """One turn over every file; True if any had new data."""
+        progressed = False
+        for tailed in list(self.files.values()):
+            if self._stop.is_set():
+                break
+            if self._read_some(tailed):
+                progressed = True
+        return progressed
+
+    def _read_some(self, tailed: TailedFile) -> bool:
+        size = os.fstat(tailed.fd).st_size
+        if size < tailed.committed:
+            self._truncated(tailed)
+        before = tailed.committed
+        lines: list[bytes] = []
+        consumed = 0
+        while consumed < COMMIT_BYTES:
+            data = os.pread(tailed.fd, CHUNK_BYTES, tailed.read_pos)
+            if not data:
+                break
+            tailed.read_pos += len(data)
+            consumed += len(data)
+            complete, long_lines = tailed.splitter.feed(data)
+            lines.extend(complete)
+            for long_line in long_lines:
+                self.processor.reject_too_long(long_line.head, long_line.length)
+        if not consumed:
+            return False
+        tailed.last_growth = time.monotonic()
+        if tailed.read_pos <= FINGERPRINT_BYTES or len(tailed.fingerprint) < FINGERPRINT_BYTES:
+            tailed.fingerprint = read_fingerprint(tailed.fd)
+        events = self.processor.process(lines)
+        if not self.spool.append(self.name, events, tailed.checkpoint(), self._stop):
+            # Stopping while the spool was full: forget what was read; it is read again.
+            tailed.read_pos = before
+            tailed.splitter = LineSplitter(self.config.max_line_bytes, skip_bom=before == 0)
+            return False
+        self._lines.inc(len(lines))
+        self._bytes.inc(consumed)
+        return True
+
+    def _truncated(self, tailed: TailedFile) -> None:
+        log.warning(
+            "A file shrank below the read offset (copytruncate?); reading it again from its start",
+            extra=fields(source=self.name, path=tailed.path),
+        )
+        self.metrics.file_truncations.labels(source=self.name).inc()
+        tailed.read_pos = 0
+        tailed.splitter = LineSplitter(self.config.max_line_bytes, skip_bom=True)
+        tailed.fingerprint = read_fingerprint(tailed.fd)
+
+
+def _static_prefix(pattern: str) -> str:
+    """The longest leading directory of a glob with no wildcard in it."""
+    parts = Path(pattern).parent.parts
+    static: list[str] = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        static.append(part)
+    return str(Path(*static)) if static else "."
+
+
+def _end_of_last_line(fd: int, size: int) -> int:
+    """Offset just past the last newline before ``size`` (``start_at: end``)."""
+    pos = size
+    while pos > 0:
+        start = max(0, pos - CHUNK_BYTES)
+        chunk = os.pread(fd, pos - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        pos = start
+    return 0
