@@ -1,4 +1,4 @@
-"""Loading the JSON Schemas that ship inside the package (``agent.schemas``).
+"""Loading the JSON Schemas that ship inside the package (``agent.schema_data``).
 
 Two validators exist for one schema: jsonschema_rs (compiled, for the per-event hot
 path) and jsonschema (pure Python, for the config and for checking schema files), and
@@ -21,7 +21,7 @@ from agent.errors import SchemaError
 @cache
 def load_schema(name: str) -> dict[str, Any]:
     """The schema ``schemas/NAME.schema.json`` as a dict, checked against its metaschema."""
-    resource = files("agent.schemas") / f"{name}.schema.json"
+    resource = files("agent.schema_data") / f"{name}.schema.json"
     try:
         schema = json.loads(resource.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -50,6 +50,6 @@ def schema_names() -> list[str]:
     suffix = ".schema.json"
     return sorted(
         entry.name[: -len(suffix)]
-        for entry in files("agent.schemas").iterdir()
+        for entry in files("agent.schema_data").iterdir()
         if entry.name.endswith(suffix)
     )

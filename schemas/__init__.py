@@ -1,4 +1,4 @@
 """JSON Schemas of tailhook's config, input events and notification objects.
 
-Installed as the package ``agent.schemas``; load them with ``agent.schemas_dir``.
+Installed as the data package ``agent.schema_data``; load them with ``agent.schemas``.
 """

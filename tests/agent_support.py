@@ -1,0 +1,98 @@
+"""Building configs and running the in-process agent for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from agent.config import (
+    BatchConfig,
+    Config,
+    FileSourceConfig,
+    MetricsConfig,
+    RetryConfig,
+    WebhookConfig,
+)
+from agent.service import Agent
+
+ALL = frozenset({"hit", "vulnerability", "system", "scope"})
+
+
+def hit_line(n: int) -> bytes:
+    """A valid native hit line whose payload carries ``n``."""
+    return orjson.dumps(
+        {
+            "event": "hit",
+            "time": 1591261367 + n,
+            "logged_at": 1591261381 + n,
+            "ids": [f"hit-{n}"],
+            "domain": "example.com",
+            "method": "GET",
+            "path": "/",
+            "point": ["get", "id"],
+            "payloads": [f"'or {n}={n}--"],
+            "attack_type": "sqli",
+            "block_status": "monitored",
+            "client": {
+                "addr": "111.17.1.1",
+                "port": 41616,
+                "country": None,
+                "datacenter": "unknown",
+                "tor": "none",
+            },
+            "response": {"status": 404, "length": 345, "time_ms": 257},
+            "detection": {
+                "anomality": 0.98,
+                "heur_distance": 36.2,
+                "probability": 36.1,
+                "stamps": [1173],
+                "regex": [],
+            },
+        }
+    )
+
+
+def received_ids(bodies: list[object]) -> list[str]:
+    """The ``hit-N`` ids of every hit notification in the received bodies, in order."""
+    ids: list[str] = []
+    for body in bodies:
+        assert isinstance(body, list)
+        ids.extend(obj["id"][0] for obj in body if obj["object_type"] == "hit")
+    return ids
+
+
+def file_config(
+    tmp_path: Path,
+    url: str,
+    paths: tuple[str, ...],
+    **source_settings: object,
+) -> Config:
+    return Config(
+        state_dir=tmp_path / "state",
+        metrics=MetricsConfig(host="127.0.0.1", port=0),
+        sources=(FileSourceConfig(name="waf", paths=paths, **source_settings),),  # type: ignore[arg-type]
+        webhooks=(
+            WebhookConfig(
+                name="soc",
+                url=url,
+                events=ALL,
+                batch=BatchConfig(max_wait=0.05),
+                retry=RetryConfig(initial_backoff=0.05, max_backoff=0.5),
+            ),
+        ),
+        shutdown_timeout=2.0,
+    )
+
+
+@contextmanager
+def running_agent(config: Config) -> Iterator[Agent]:
+    agent = Agent(config, CollectorRegistry())
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
