@@ -46,10 +46,30 @@ def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
     return [str(problem) for problem in caught.value.problems]
 
 
-def webhook(extra: str = "", events: str = "[hit]", url: str = "https://h.example/x") -> str:
+def webhook(extra: str = "", **kwargs: str) -> str:
     """A config with one webhook; ``extra`` is indented YAML added to it."""
-    text = f"webhooks:\n  - name: w\n    url: {url}\n    events: {events}\n"
+    return "webhooks:\n" + webhook_item(extra, **kwargs)
+
+
+def webhook_item(
+    extra: str = "", events: str = "[hit]", url: str = "https://h.example/x", name: str = "w"
+) -> str:
+    """One more item for the list of ``webhook()``."""
+    text = f"  - name: {name}\n    url: {url}\n    events: {events}\n"
     return text + "".join(f"    {line}\n" for line in extra.strip("\n").splitlines())
+
+
+DURATION = "must be a duration: seconds as a number, or a string with a unit (250ms, 15s, 5m, 24h)"
+SIZE = (
+    "must be a size: bytes as a whole number, or a string with a unit "
+    "(512B, 64KiB, 1MiB, 1GiB; KB, MB, GB are powers of 1000)"
+)
+NAME = (
+    "must be a name of up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+)
+RESERVED = "is set by tailhook and cannot be configured"
+WHSEC = "must be whsec_ then the key in base64 (or a raw key without whsec_)"
+OCTAL = 'must be permissions as a quoted string of octal digits, like "0660"'
 
 
 def one_webhook(extra: str = "", **kwargs: str) -> WebhookConfig:
@@ -85,7 +105,7 @@ def test_parse_duration(value: object, seconds: float) -> None:
      math.nan, 10**400, "9" * 400 + "h"],
 )  # fmt: skip
 def test_parse_duration_refuses(value: object) -> None:
-    with pytest.raises(ValueError, match="duration|seconds"):
+    with pytest.raises(ValueError, match=r"duration|seconds"):
         parse_duration(value)
 
 
@@ -352,7 +372,9 @@ sources:
         spool=SpoolConfig(50_000_000, "drop_oldest"),
         shutdown_timeout=0.0,
         sources=(
-            FileSourceConfig("f.1", ("/a/*.log", "/b.log"), "modsecurity", "end", 4096, 60.0, "poll"),
+            FileSourceConfig(
+                "f.1", ("/a/*.log", "/b.log"), "modsecurity", "end", 4096, 60.0, "poll"
+            ),
             SocketSourceConfig("s_2", "/run/s.sock", "datagram", 0o600, 1, "modsecurity", 2 * KIB),
         ),
     )
@@ -367,7 +389,8 @@ def test_unknown_key_is_reported_at_the_key() -> None:
 
 def test_unknown_keys_everywhere_one_problem_each() -> None:
     text = webhook("batch: {max_event: 5}\ntls: {verfy: true}\nevnts: [hit]\nmethd: PUT")
-    text += "wbhooks: []\nlog: {levl: info}\nsources: [{name: a, type: file, paths: [x], path: y}]\n"
+    text += "wbhooks: []\nlog: {levl: info}\n"
+    text += "sources: [{name: a, type: file, paths: [x], path: y}]\n"
     assert problems(text) == [
         "webhooks[0].batch.max_event: unknown key",
         "webhooks[0].tls.verfy: unknown key",
@@ -408,11 +431,11 @@ webhooks:
         "metrics.listen: port must be 0 to 65535",
         "sources[0].max_line_bytes: must be at least 1KiB",
         "sources[1].name: 'a' is also the name of sources[0]",
-        'sources[1].socket_mode: must be permissions as a quoted string of octal digits, like "0660", not an integer',
+        f"sources[1].socket_mode: {OCTAL}, not an integer",
+        "webhooks[0].events: is required",  # not in the file: at the start of its mapping
         "webhooks[0].url: must be an http or https URL",
         "webhooks[0].evnts: unknown key",
-        "webhooks[0].events: is required",
-        "webhooks[0].request_timeout: must be a duration: seconds as a number, or a string with a unit (250ms, 15s, 5m, 24h)",
+        f"webhooks[0].request_timeout: {DURATION}",
         "webhooks[0].headers.Authorization: environment variable SOC_TOKEN is not set",
         "webhooks[1].name: 'soc' is also the name of webhooks[0]",
         "webhooks[1].url: must be https (http only to a loopback host, or with allow_http: true)",
@@ -569,7 +592,7 @@ webhooks:
       X-Literal: "{token}-literal\\n"
       X-Number: 12345678
     signing:
-      secrets: ["${{TOKEN}}", "{token}-not-base64!", 42]
+      secrets: ["whsec_${{TOKEN}}", "whsec_{token}-not-base64!", 42]
   - name: v
     url: "${{URL_TOKEN}}"
     events: ["${{TOKEN}}"]
@@ -666,7 +689,7 @@ def test_events_are_known_types_listed_once() -> None:
 
 
 def test_empty_events_is_a_warning() -> None:
-    config = parse_config(webhook(events="[]") + webhook(events="[]").replace("webhooks:\n", "").replace("name: w", "name: w2"), {})  # fmt: skip
+    config = parse_config(webhook(events="[]") + webhook_item(events="[]", name="w2"), {})
     assert config.webhooks[0].events == frozenset()
     assert config.warnings == (
         "webhooks[0].events: empty, this webhook sends nothing",
@@ -677,9 +700,7 @@ def test_empty_events_is_a_warning() -> None:
 def test_tls_verify_false_is_a_warning() -> None:
     config = parse_config(webhook("tls: {verify: false}"), {})
     assert config.webhooks[0].tls.verify is False
-    assert config.warnings == (
-        "webhooks[0].tls.verify: false, the server is not authenticated",
-    )
+    assert config.warnings == ("webhooks[0].tls.verify: false, the server is not authenticated",)
 
 
 def test_tls_files_must_be_readable(tmp_path: Path) -> None:
@@ -705,8 +726,9 @@ def test_tls_key_file_needs_cert_file(tmp_path: Path) -> None:
     [
         ("request_timeout: 0", "webhooks[0].request_timeout: must be more than 0"),
         ("connect_timeout: 0ms", "webhooks[0].connect_timeout: must be more than 0"),
-        ("request_timeout: -1", "webhooks[0].request_timeout: must be a duration: seconds as a "
-         "number, or a string with a unit (250ms, 15s, 5m, 24h)"),
+        ("request_timeout: -1", f"webhooks[0].request_timeout: {DURATION}"),
+        ("request_timeout: 15 parsecs", f"webhooks[0].request_timeout: {DURATION}"),
+        ("connect_timeout: [1]", f"webhooks[0].connect_timeout: {DURATION}"),
         ("request_timeout: .inf", "webhooks[0].request_timeout: must be a finite number of "
          "seconds, 0 or more"),
         ("request_timeout: .nan", "webhooks[0].request_timeout: must be a finite number of "
@@ -715,24 +737,23 @@ def test_tls_key_file_needs_cert_file(tmp_path: Path) -> None:
         ("batch: {max_events: 1.5}", "webhooks[0].batch.max_events: must be an integer, not a "
          "number"),
         ("batch: {max_bytes: 0KiB}", "webhooks[0].batch.max_bytes: must be at least 1"),
-        ("batch: {max_bytes: 1.5MiB}", "webhooks[0].batch.max_bytes: must be a size: bytes as a "
-         "whole number, or a string with a unit (512B, 64KiB, 1MiB, 1GiB; KB, MB, GB are powers "
-         "of 1000)"),
+        ("batch: {max_bytes: 1.5MiB}", f"webhooks[0].batch.max_bytes: {SIZE}"),
+        ("batch: {max_wait: 1d}", f"webhooks[0].batch.max_wait: {DURATION}"),
         ("retry: {initial_backoff: 0}", "webhooks[0].retry.initial_backoff: must be more than 0"),
         ("retry: {initial_backoff: 2s, max_backoff: 1s}", "webhooks[0].retry.initial_backoff: "
          "must not be longer than max_backoff"),
         ("method: get", "webhooks[0].method: must be one of POST, PUT, not 'get'"),
         ("enabled: 1", "webhooks[0].enabled: must be true or false, not an integer"),
-        ("name: 'a b'", "webhooks[0].name: must be a name of up to 64 letters, digits, '.', '_' "
-         "or '-', starting with a letter or digit"),
-        ("name: ../etc", "webhooks[0].name: must be a name of up to 64 letters, digits, '.', '_' "
-         "or '-', starting with a letter or digit"),
+        ("name: 'a b'", f"webhooks[0].name: {NAME}"),
+        ("name: ../etc", f"webhooks[0].name: {NAME}"),
+        (f"name: {'n' * 65}", f"webhooks[0].name: {NAME}"),
+        ("name: 5", f"webhooks[0].name: {NAME}, not an integer"),
     ],
 )  # fmt: skip
 def test_webhook_value_rules(extra: str, message: str) -> None:
     text = webhook(extra)
     if extra.startswith("name:"):
-        text = text.replace("  - name: w\n", "  - ")
+        text = text.replace("name: w\n    ", "")
     assert problems(text) == [message]
 
 
@@ -744,11 +765,13 @@ def test_retry_backoff_equal_is_fine() -> None:
 @pytest.mark.parametrize(
     ("headers", "message"),
     [
-        ("{Content-Type: text/plain}", "headers.Content-Type: is set by tailhook and cannot be configured"),
-        ("{webhook-signature: x}", "headers.webhook-signature: is set by tailhook and cannot be configured"),
+        ("{Content-Type: text/plain}", f"headers.Content-Type: {RESERVED}"),
+        ("{webhook-signature: x}", f"headers.webhook-signature: {RESERVED}"),
+        ("{Content-Length: '5'}", f"headers.Content-Length: {RESERVED}"),
         ("{X-A: a, x-a: b}", "headers.x-a: is given twice (header names ignore case)"),
         ('{X-A: "a\\nb"}', "headers.X-A: value must not contain line breaks or control characters"),
-        ("{'Bad Name': a}", "headers.Bad Name: is not a header name: use letters, digits and !#$%&'*+-.^_`|~"),
+        ("{'Bad Name': a}", "headers.Bad Name: is not a header name: use letters, digits and "
+         "!#$%&'*+-.^_`|~"),
         ("{X-A: 5}", "headers.X-A: must be a string, not an integer"),
         ("[a]", "headers: must be a mapping, not a list"),
     ],
@@ -770,11 +793,10 @@ def test_header_values_may_hold_tabs_and_any_text() -> None:
          "secrets (a non-empty list), not both"),
         ("{secrets: []}", "signing.secrets: must not be empty"),
         ("{secret: ''}", "signing.secret: must not be empty"),
-        ("{secret: plain-text!}", "signing.secret: must be a Standard Webhooks secret: whsec_ "
-         "then base64"),
-        (f"{{secrets: [{SECRET}, whsec_]}}", "signing.secrets[1]: must be a Standard Webhooks "
-         "secret: whsec_ then base64"),
-        ("{secret: x, key: y}", "signing.key: unknown key"),
+        ("{secret: whsec_plain-text!}", f"signing.secret: {WHSEC}"),
+        (f"{{secrets: [{SECRET}, whsec_]}}", f"signing.secrets[1]: {WHSEC}"),
+        ("{secrets: [whsec_a]}", f"signing.secrets[0]: {WHSEC}"),
+        (f"{{secret: {SECRET}, key: y}}", "signing.key: unknown key"),
     ],
 )  # fmt: skip
 def test_signing_rules(signing: str, message: str) -> None:
@@ -782,14 +804,16 @@ def test_signing_rules(signing: str, message: str) -> None:
 
 
 def test_signing_secret_forms() -> None:
-    raw = base64.b64encode(b"k" * 24).decode()
-    assert one_webhook(f"signing: {{secret: {raw}}}").signing == SigningConfig((raw,))
-    rotating = one_webhook(f"signing: {{secrets: [{SECRET}, whsec_{raw}]}}").signing
-    assert rotating == SigningConfig((SECRET, f"whsec_{raw}"))
+    # As agent.sinks.signing: whsec_ + base64 of the key, or a raw key without the prefix.
+    raw = "a raw key, any text!"
+    assert one_webhook(f"signing: {{secret: '{raw}'}}").signing == SigningConfig((raw,))
+    other = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    rotating = one_webhook(f"signing: {{secrets: [{SECRET}, {other}]}}").signing
+    assert rotating == SigningConfig((SECRET, other))
 
 
 def test_duplicate_webhook_names() -> None:
-    text = webhook() + webhook().replace("webhooks:\n", "") + webhook().replace("webhooks:\n", "")
+    text = webhook() + webhook_item() + webhook_item()
     assert problems(text) == [
         "webhooks[1].name: 'w' is also the name of webhooks[0]",
         "webhooks[2].name: 'w' is also the name of webhooks[0]",
@@ -808,8 +832,6 @@ def test_duplicate_webhook_names() -> None:
         ("{name: a, type: file}", "sources[0].paths: is required"),
         ("{name: a, type: file, paths: []}", "sources[0].paths: must not be empty"),
         ("{name: a, type: file, paths: x}", "sources[0].paths: must be a list, not a string"),
-        ("{name: a, type: file, path: x}", "sources[0].paths: is required"),
-        ("{name: a, type: unix_socket, paths: [x]}", "sources[0].path: is required"),
         ("{name: a, type: file, paths: [x], mode: stream}", "sources[0].mode: unknown key"),
         ("{name: a, type: unix_socket, path: x, watch: poll}", "sources[0].watch: unknown key"),
         ("{name: a, type: file, paths: [x], format: json}", "sources[0].format: must be one of "
@@ -822,8 +844,14 @@ def test_duplicate_webhook_names() -> None:
          "must be at least 1KiB"),
         ("{name: a, type: unix_socket, path: x, mode: dgram}", "sources[0].mode: must be one of "
          "stream, datagram, not 'dgram'"),
-        ("{name: a, type: unix_socket, path: x, socket_mode: '0999'}", "sources[0].socket_mode: "
-         'must be permissions as a quoted string of octal digits, like "0660"'),
+        ("{name: a, type: unix_socket, path: x, socket_mode: '0999'}",
+         f"sources[0].socket_mode: {OCTAL}"),
+        ("{name: a, type: unix_socket, path: x, socket_mode: 0660}",
+         f"sources[0].socket_mode: {OCTAL}, not an integer"),
+        ("{name: a, type: file, paths: [x], max_line_bytes: 1M}",
+         f"sources[0].max_line_bytes: {SIZE}"),
+        ("{name: a, type: file, paths: [x], rotate_wait: soon}",
+         f"sources[0].rotate_wait: {DURATION}"),
         ("{name: a, type: unix_socket, path: x, max_connections: 0}", "sources[0].max_connections: "
          "must be at least 1"),
         ("x", "sources[0]: must be a mapping, not a string"),
@@ -833,18 +861,31 @@ def test_source_rules(source: str, message: str) -> None:
     assert problems(f"sources: [{source}]\n") == [message]
 
 
+def test_source_keys_of_the_other_type() -> None:
+    assert problems("sources: [{name: a, type: file, path: x}]") == [
+        "sources[0].paths: is required",
+        "sources[0].path: unknown key",
+    ]
+    assert problems("sources: [{name: a, type: unix_socket, paths: [x]}]") == [
+        "sources[0].path: is required",
+        "sources[0].paths: unknown key",
+    ]
+
+
 def test_source_max_line_bytes_of_exactly_1kib() -> None:
-    (source,) = parse_config("sources: [{name: a, type: file, paths: [x], max_line_bytes: 1KiB}]", {}).sources  # fmt: skip
+    text = "sources: [{name: a, type: file, paths: [x], max_line_bytes: 1KiB}]"
+    (source,) = parse_config(text, {}).sources
     assert source == FileSourceConfig("a", ("x",), max_line_bytes=KIB)
 
 
 def test_duplicate_source_names_across_types() -> None:
-    text = "sources:\n  - {name: a, type: file, paths: [x]}\n  - {name: a, type: unix_socket, path: y}\n"
+    text = "sources:\n  - {name: a, type: file, paths: [x]}\n"
+    text += "  - {name: a, type: unix_socket, path: y}\n"
     assert problems(text) == ["sources[1].name: 'a' is also the name of sources[0]"]
 
 
 def test_a_source_and_a_webhook_may_share_a_name() -> None:
-    text = webhook().replace("name: w", "name: a") + "sources: [{name: a, type: file, paths: [x]}]\n"
+    text = webhook(name="a") + "sources: [{name: a, type: file, paths: [x]}]\n"
     config = parse_config(text, {})
     assert config.sources[0].name == config.webhooks[0].name == "a"
 
@@ -860,15 +901,15 @@ def test_a_source_and_a_webhook_may_share_a_name() -> None:
         ("metrics: {listen: 'localhost'}", "metrics.listen: must be HOST:PORT, like "
          "127.0.0.1:9717, 0.0.0.0:9717 or [::1]:9717"),
         ("metrics: {listen: 'h:65536'}", "metrics.listen: port must be 0 to 65535"),
-        ("metrics: {listen: '[zz]:80'}", "metrics.listen: has an invalid IPv6 address between "
+        ("metrics: {listen: '[1::2::3]:80'}", "metrics.listen: has an invalid IPv6 address between "
          "[ and ]"),
         ("log: {level: warn}", "log.level: must be one of debug, info, warning, error, not 'warn'"),
         ("log: {format: yaml}", "log.format: must be one of json, text, not 'yaml'"),
         ("spool: {when_full: drop_newest}", "spool.when_full: must be one of block, drop_oldest, "
          "not 'drop_newest'"),
         ("spool: {max_bytes: 0}", "spool.max_bytes: must be at least 1"),
-        ("shutdown_timeout: 10 s", "shutdown_timeout: must be a duration: seconds as a number, "
-         "or a string with a unit (250ms, 15s, 5m, 24h)"),
+        ("shutdown_timeout: 10 s", f"shutdown_timeout: {DURATION}"),
+        ("spool: {max_bytes: lots}", f"spool.max_bytes: {SIZE}"),
         ("console_url: my.wallarm.com", "console_url: must be an http or https URL"),
         ("state_dir: ''", "state_dir: must not be empty"),
     ],

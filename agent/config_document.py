@@ -1,0 +1,275 @@
+"""The config file as a document, before it becomes dataclasses.
+
+Owns what knows about YAML text and about paths in it: reading YAML safely (a syntax
+error is one problem with its line and column; a duplicate key is a problem at its path),
+``${NAME}`` substitution from the environment, JSON Schema errors translated to problems
+at YAML paths (``webhooks[1].url``; one ``unknown key`` per unexpected key, at the key
+itself), and reporting problems in the order of the file.
+
+A location (``Loc``) is a tuple of keys and list indexes: ``("webhooks", 1, "url")``.
+Values are never echoed for locations that may hold secrets (header values, signing,
+anything that came from the environment).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import yaml
+
+from agent.errors import ConfigError, Problem
+
+Loc = tuple[str | int, ...]
+Located = tuple[Loc, str]
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Keys under which values may be credentials: never quoted in a message.
+_SECRET_KEYS = frozenset({"headers", "signing"})
+_JSON_TYPES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+def format_path(loc: Loc) -> str:
+    """``("webhooks", 1, "url")`` -> ``webhooks[1].url``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def kind_of(value: object) -> str:
+    """What a YAML value is, in words, without saying what it holds."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+@dataclass
+class Document:
+    """A parsed YAML document: its data, the line of each key and item, its problems."""
+
+    data: Any
+    positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)  # (line, column)
+    problems: list[Located] = field(default_factory=list)
+
+    def position_of(self, loc: Loc) -> tuple[int, int]:
+        """Where ``loc`` is written, or its nearest ancestor present in the file."""
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.positions:
+                return self.positions[loc[:end]]
+        return (0, 0)
+
+    def in_file_order(self, problems: Iterable[Located]) -> list[Problem]:
+        """Problems sorted by position (stable), each location reported once: the first wins."""
+        seen: set[Loc] = set()
+        unique = []
+        for loc, message in problems:
+            if loc not in seen:
+                seen.add(loc)
+                unique.append((loc, message))
+        unique.sort(key=lambda item: self.position_of(item[0]))
+        return [Problem(format_path(loc), message) for loc, message in unique]
+
+
+def read_yaml(text: str, source: str) -> Document:
+    """Parse YAML with the safe loader; a syntax error raises ConfigError with its position."""
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters first: may raise ReaderError
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([Problem("", _syntax_message(exc, source))]) from exc
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        message = f"{source}: invalid YAML at line {line}: {exc.reason}"
+        raise ConfigError([Problem("", message)]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem("", f"{source}: invalid YAML")]) from exc
+    finally:
+        if loader is not None:
+            loader.dispose()
+    document = Document(data, {(): (1, 1)})
+    if node is not None:
+        _walk(node, (), document, set())
+    return document
+
+
+def _syntax_message(exc: yaml.MarkedYAMLError, source: str) -> str:
+    # Only yaml's own words and the position: str(exc) would quote the offending line,
+    # which may hold a secret.
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    what = exc.problem or "syntax error"
+    if exc.context:
+        what += f" ({exc.context})"
+    return f"{source}: invalid YAML{where}: {what}"
+
+
+def _walk(node: yaml.Node, loc: Loc, document: Document, seen: set[int]) -> None:
+    """Record where every key and list item is written; report keys given twice."""
+    if id(node) in seen:  # an alias: walked where its anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue
+            key = str(key_node.value)
+            child = (*loc, key)
+            if key in first_line:
+                message = f"duplicate key (first given at line {first_line[key]})"
+                document.problems.append((child, message))
+            else:
+                first_line[key] = key_node.start_mark.line + 1
+                document.positions[child] = _position(key_node)
+            _walk(value_node, child, document, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            document.positions[(*loc, index)] = _position(item)
+            _walk(item, (*loc, index), document, seen)
+
+
+def _position(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+@dataclass
+class Substituted:
+    """The data after ``${NAME}`` substitution, its problems, and where it substituted."""
+
+    data: Any
+    problems: list[Located]
+    touched: set[Loc]
+
+
+def substitute_env(data: Any, env: Mapping[str, str]) -> Substituted:
+    """Replace ``${NAME}`` in every string value; a variable not in ``env`` is a problem."""
+    result = Substituted(None, [], set())
+    active: set[int] = set()
+
+    def visit(value: Any, loc: Loc) -> Any:
+        if isinstance(value, str):
+            return _VARIABLE.sub(lambda match: lookup(match, loc), value)
+        if not isinstance(value, dict | list):
+            return value
+        if id(value) in active:
+            result.problems.append((loc, "refers to itself"))
+            return None
+        active.add(id(value))
+        try:
+            if isinstance(value, list):
+                return [visit(item, (*loc, index)) for index, item in enumerate(value)]
+            out = {}
+            for key, item in value.items():
+                if isinstance(key, str):
+                    out[key] = visit(item, (*loc, key))
+                else:
+                    result.problems.append(((*loc, str(key)), "key must be a string (quote it)"))
+            return out
+        finally:
+            active.discard(id(value))
+
+    def lookup(match: re.Match[str], loc: Loc) -> str:
+        result.touched.add(loc)
+        name = match.group(1)
+        if name not in env:
+            result.problems.append((loc, f"environment variable {name} is not set"))
+            return ""
+        return env[name]
+
+    result.data = visit(data, ())
+    return result
+
+
+def schema_problems(
+    validator: jsonschema.protocols.Validator, data: Any, touched: set[Loc]
+) -> list[Located]:
+    """Every JSON Schema error in ``data``, as problems at YAML paths."""
+    problems: list[Located] = []
+    for error in validator.iter_errors(data):
+        problems.extend(_translate(error, touched))
+    return problems
+
+
+def _translate(error: jsonschema.ValidationError, touched: set[Loc]) -> Iterator[Located]:
+    loc: Loc = tuple(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    # Typed "Any | Unset" by the stubs; always set on an error from iter_errors.
+    kind: Any = error.validator
+    expected: Any = error.validator_value
+    instance: Any = error.instance
+    if "propertyNames" in error.schema_path:  # the key itself is wrong
+        yield (*loc, str(instance)), schema.get("description", "is not a valid key")
+    elif kind == "additionalProperties":
+        known = schema.get("properties", {})
+        for key in instance:
+            if key not in known:
+                yield (*loc, key), "unknown key"
+    elif kind == "required":
+        for key in expected:
+            if key not in instance:
+                yield (*loc, key), "is required"
+    else:
+        secret = loc in touched or any(part in _SECRET_KEYS for part in loc)
+        message = _message(kind, expected, instance, schema.get("description"), schema)
+        if message is None:
+            message = "is not valid" if secret else f"is not valid: {error.message}"
+        elif kind in ("enum", "const") and not secret and isinstance(instance, str | int | float):
+            message += f", not {instance!r}"
+        yield loc, message
+
+
+def _message(
+    kind: str, expected: Any, value: Any, description: str | None, schema: dict[str, Any]
+) -> str | None:
+    """What a failed keyword means, without quoting the value (None: no words for it)."""
+    if kind == "type":
+        if description and "properties" not in schema:
+            return f"{description}, not {kind_of(value)}"
+        names = [expected] if isinstance(expected, str) else list(expected)
+        wanted = " or ".join(_JSON_TYPES.get(name, name) for name in names)
+        return f"must be {wanted}, not {kind_of(value)}"
+    if description and kind in ("anyOf", "oneOf", "not", "pattern"):
+        return description
+    if kind in ("enum", "const"):
+        options = expected if kind == "enum" else [expected]
+        return "must be one of " + ", ".join(str(option) for option in options)
+    simple = {
+        "minimum": f"must be at least {expected}",
+        "maximum": f"must be at most {expected}",
+        "exclusiveMinimum": f"must be more than {expected}",
+        "minItems": "must not be empty" if expected == 1 else f"needs at least {expected} items",
+        "minLength": "must not be empty" if expected == 1 else f"needs {expected} characters",
+        "maxLength": f"must be at most {expected} characters long",
+        "uniqueItems": "must not list the same item twice",
+        "pattern": f"must match {expected}",
+    }
+    return simple.get(kind)
