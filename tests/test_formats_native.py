@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 import zlib
-from functools import cache
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ HIT_LINE = (
 )
 VULNERABILITY_LINE = (
     '{"event":"vulnerability","time":"2020-06-04T09:10:00Z","id":282157,"title":"Missing '
-    '\\"Strict-Transport-Security\\" header in server\'s response at \'93.184.216.34:443\'",'
+    "\\\"Strict-Transport-Security\\\" header in server's response at '93.184.216.34:443'\","
     '"target":"93.184.216.34:443","vuln_type":"Info","domain":"www.example.com","threat":"Low"}'
 )
 SYSTEM_LINE = (
@@ -186,7 +186,7 @@ def test_the_contract_vulnerability(native: NativeFormat) -> None:
     assert convert(native, orjson.loads(VULNERABILITY_LINE)) == (
         "vulnerability",
         {
-            "title": "Missing \"Strict-Transport-Security\" header in server's response at "
+            "title": 'Missing "Strict-Transport-Security" header in server\'s response at '
             "'93.184.216.34:443'",
             "source": "93.184.216.34:443",
             "type": "Info",
@@ -446,8 +446,8 @@ def replaced(event: dict[str, Any], value: Any, *path: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("event", "detail"),
     [
-        (without(hit_event(), "ids"), "/: \"ids\" is a required property"),
-        (without(hit_event(), "client", "port"), "/client: \"port\" is a required property"),
+        (without(hit_event(), "ids"), '/: "ids" is a required property'),
+        (without(hit_event(), "client", "port"), '/client: "port" is a required property'),
         (replaced(hit_event(), "41616", "client", "port"), "/client/port: "),
         (replaced(hit_event(), 70000, "client", "port"), "/client/port: "),
         (replaced(hit_event(), "yesterday", "time"), "/time: "),
@@ -478,7 +478,8 @@ def test_an_invalid_hit_is_invalid_schema_with_the_first_error(
         {"event": "system", "time": 1, "action": "delete_user", "actor": JOHN, "integration": SOC},
         {"event": "system", "time": 1, "action": "integration_broken", "user": SMITH},
         {"event": "system", "time": 1, "action": "reboot", "actor": JOHN},
-        {"event": "system", "time": 1, "action": "delete_user", "actor": JOHN, "user": SMITH, "x": 1},
+        {"event": "system", "time": 1, "action": "delete_user", "actor": JOHN, "user": SMITH,
+         "x": 1},
         {"event": "scope", "time": 1, "change": "added", "kind": "ips", "values": ["8.8.8.8"]},
         {"event": "scope", "time": 1, "change": "added", "kind": "ip", "values": []},
         {"event": "vulnerability", "time": 1, "id": "282157", "title": "t", "target": "t",
