@@ -12,7 +12,8 @@ from agent.pipeline import decode_line, is_blank
 from agent.service import Agent
 from agent.sinks.deadletter import read_dead_letters
 from agent.sinks.transport import Transport
-from agent.sinks.webhook import new_webhook_id, request_headers
+from agent.sinks.webhook import request_headers
+from agent.spool import new_webhook_id
 from agent.telemetry import setup_logging
 
 MAX_VALIDATE_LINE = 1024 * 1024

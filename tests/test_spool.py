@@ -1,28 +1,26 @@
 """The spool: events and checkpoints together, per-webhook cursors, stable batches."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from agent.config import WebhookConfig
-from agent.sinks.webhook import form_batch
 from agent.spool import Checkpoint, Spool
 from agent.telemetry import Metrics
 
 
-def open_spool(path: Path, **kwargs: object) -> Spool:
-    return Spool(path / "spool.db", Metrics(CollectorRegistry()), **kwargs)  # type: ignore[arg-type]
+def open_spool(path: Path, max_bytes: int = 1 << 30, when_full: str = "block") -> Spool:
+    return Spool(path / "spool.db", Metrics(CollectorRegistry()), max_bytes, when_full)
 
 
-def hook(name: str, *events: str, max_events: int = 500) -> WebhookConfig:
-    from agent.config import BatchConfig
-
-    return WebhookConfig(
-        name=name,
-        url="http://127.0.0.1:9/",
-        events=frozenset(events),
-        batch=BatchConfig(max_events=max_events),
-    )
+def drain(spool: Spool, webhook: str, max_events: int = 500) -> list[bytes]:
+    """Deliver everything pending for ``webhook``; the bodies of its batches."""
+    bodies = []
+    while (batch := spool.next_batch(webhook, max_events, 1 << 20)) is not None:
+        bodies.append(batch.body)
+        spool.finish_batch(webhook, batch)
+    return bodies
 
 
 def test_checkpoint_and_events_survive_a_reopen(tmp_path: Path) -> None:
@@ -34,33 +32,45 @@ def test_checkpoint_and_events_survive_a_reopen(tmp_path: Path) -> None:
     again = open_spool(tmp_path)
     again.configure_webhooks({"a": frozenset({"hit"})})
     assert again.checkpoints("src") == {"1:2": checkpoint}
-    assert [e.body for e in again.pending("a", 10)] == [b'{"n":1}', b'{"n":2}']
     assert again.backlog("a") == 2
+    assert drain(again, "a") == [b'[{"n":1},{"n":2}]']
 
 
 def test_each_webhook_has_its_own_cursor_and_filter(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"hits": frozenset({"hit"}), "all": frozenset({"hit", "scope"})})
     spool.append("src", [("hit", b"1"), ("scope", b"2"), ("hit", b"3")])
-    batch = form_batch(spool, "hits", hook("hits", "hit"))
-    assert batch is not None and batch.body == b"[1,3]"
-    spool.record_batch("hits", batch)
-    spool.finish_batch("hits", batch)
+    spool.append("src", [("scope", b"4")])
+    assert drain(spool, "hits") == [b"[1,3]"]
     assert spool.backlog("hits") == 0
-    assert [e.body for e in spool.pending("all", 10)] == [b"1", b"2", b"3"]
-    everything = form_batch(spool, "all", hook("all", "hit", "scope"))
-    assert everything is not None
-    spool.finish_batch("all", everything)
+    assert spool.bytes > 0  # "all" still needs them
+    assert drain(spool, "all", max_events=2) == [b"[1,2]", b"[3,4]"]
     assert spool.bytes == 0  # every webhook passed every event: the spool is empty
+
+
+def test_events_of_types_nobody_takes_are_not_kept(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.configure_webhooks({"a": frozenset({"hit"})})
+    spool.append("src", [("scope", b"1"), ("system", b"2")])
+    assert spool.bytes == 0
+
+
+def test_a_webhook_steps_over_the_types_it_does_not_take(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.configure_webhooks({"hits": frozenset({"hit"}), "scopes": frozenset({"scope"})})
+    spool.append("src", [("scope", b"1")])
+    assert drain(spool, "scopes") == [b"[1]"]
+    assert spool.bytes > 0
+    assert spool.next_batch("hits", 10, 1000) is None  # nothing for it, but it moves on
+    assert spool.bytes == 0
 
 
 def test_a_recorded_batch_is_the_same_bytes_and_id_after_a_reopen(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"a": frozenset({"hit"})})
     spool.append("src", [("hit", b"1"), ("hit", b"2"), ("hit", b"3")])
-    batch = form_batch(spool, "a", hook("a", "hit", max_events=2))
+    batch = spool.next_batch("a", 2, 1000)
     assert batch is not None
-    spool.record_batch("a", batch)
     spool.count_attempt("a")
     spool.close()
     again = open_spool(tmp_path)
@@ -68,17 +78,20 @@ def test_a_recorded_batch_is_the_same_bytes_and_id_after_a_reopen(tmp_path: Path
     kept = again.open_batch("a")
     assert kept is not None
     assert (kept.webhook_id, kept.body, kept.attempts) == (batch.webhook_id, b"[1,2]", 1)
+    again.finish_batch("a", kept)
+    assert drain(again, "a") == [b"[3]"]
 
 
-def test_sequence_numbers_are_never_reused_after_the_spool_empties(tmp_path: Path) -> None:
+def test_positions_are_never_reused_after_the_spool_empties(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"a": frozenset({"hit"})})
     spool.append("src", [("hit", b"1")])
-    first = form_batch(spool, "a", hook("a", "hit"))
-    assert first is not None
-    spool.finish_batch("a", first)
-    spool.append("src", [("hit", b"2")])
-    assert [e.body for e in spool.pending("a", 10)] == [b"2"]
+    assert drain(spool, "a") == [b"[1]"]
+    spool.close()
+    again = open_spool(tmp_path)
+    again.configure_webhooks({"a": frozenset({"hit"})})
+    again.append("src", [("hit", b"2")])
+    assert drain(again, "a") == [b"[2]"]
 
 
 def test_a_new_webhook_starts_after_what_is_already_kept(tmp_path: Path) -> None:
@@ -87,21 +100,28 @@ def test_a_new_webhook_starts_after_what_is_already_kept(tmp_path: Path) -> None
     spool.append("src", [("hit", b"old")])
     spool.configure_webhooks({"a": frozenset({"hit"}), "b": frozenset({"hit"})})
     spool.append("src", [("hit", b"new")])
-    assert [e.body for e in spool.pending("b", 10)] == [b"new"]
-    assert [e.body for e in spool.pending("a", 10)] == [b"old", b"new"]
+    assert drain(spool, "b") == [b"[new]"]
+    assert drain(spool, "a") == [b"[old,new]"]
 
 
 def test_batches_respect_max_bytes_but_always_carry_one_event(tmp_path: Path) -> None:
-    from agent.config import BatchConfig
-
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"a": frozenset({"hit"})})
     spool.append("src", [("hit", b"x" * 40), ("hit", b"y" * 40), ("hit", b"z" * 200)])
-    config = WebhookConfig(
-        "a", "http://127.0.0.1:9/", frozenset({"hit"}), batch=BatchConfig(max_bytes=100)
-    )
-    first = form_batch(spool, "a", config)
+    first = spool.next_batch("a", 500, 100)
     assert first is not None and first.body == b"[" + b"x" * 40 + b"," + b"y" * 40 + b"]"
     spool.finish_batch("a", first)
-    second = form_batch(spool, "a", config)
+    second = spool.next_batch("a", 500, 100)
     assert second is not None and second.count == 1 and len(second.body) == 202
+
+
+def test_drop_oldest_discards_and_counts_undelivered_events(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    spool = Spool(tmp_path / "spool.db", Metrics(registry), max_bytes=250, when_full="drop_oldest")
+    spool.configure_webhooks({"a": frozenset({"hit"})})
+    spool.append("src", [("hit", b"a" * 100)])
+    spool.append("src", [("hit", b"b" * 100)])
+    spool.append("src", [("hit", b"c" * 100)])  # no room: the oldest goes
+    assert registry.get_sample_value("tailhook_spool_dropped_events_total") == 1
+    assert spool.backlog("a") == 2
+    assert drain(spool, "a") == [b"[" + b"b" * 100 + b"," + b"c" * 100 + b"]"]

@@ -14,8 +14,6 @@ import logging
 import random
 import threading
 import time
-import uuid
-from collections import Counter
 from pathlib import Path
 
 from agent import __version__
@@ -32,32 +30,6 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"tailhook/{__version__}"
 IDLE_WAIT = 1.0
-
-
-def new_webhook_id() -> str:
-    return "msg_" + uuid.uuid4().hex
-
-
-def form_batch(spool: Spool, webhook: str, config: WebhookConfig) -> Batch | None:
-    """The oldest pending events that fit the batch limits, as one JSON array body."""
-    limits = config.batch
-    pending = spool.pending(webhook, limits.max_events)
-    if not pending:
-        return None
-    parts: list[bytes] = []
-    size = 1  # "]"
-    counts: Counter[str] = Counter()
-    last_seq = 0
-    for event in pending:
-        extra = len(event.body) + 1  # the "[" or ","
-        if parts and size + extra > limits.max_bytes:
-            break
-        parts.append(event.body)
-        size += extra
-        counts[event.type] += 1
-        last_seq = event.seq
-    body = b"[" + b",".join(parts) + b"]"
-    return Batch(new_webhook_id(), last_seq, body, dict(counts), time.time(), 0)
 
 
 def request_headers(config: WebhookConfig, webhook_id: str, body: bytes) -> dict[str, str]:
@@ -145,18 +117,15 @@ class WebhookSink:
         """Wait for events and form a batch, honouring ``max_wait``; None if none came."""
         limits = self.config.batch
         if not self.spool.wait_pending(self.name, IDLE_WAIT):
-            self.spool.skip_unsubscribed(self.name)
-            return None
+            # Idle: this also steps the cursor over events of types it does not take.
+            return self.spool.next_batch(self.name, limits.max_events, limits.max_bytes)
         deadline = time.monotonic() + limits.max_wait
         while not self._stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.spool.backlog(self.name) >= limits.max_events:
                 break
             self.spool.wait_change(min(remaining, 0.05))
-        batch = form_batch(self.spool, self.name, self.config)
-        if batch is not None:
-            self.spool.record_batch(self.name, batch)
-        return batch
+        return self.spool.next_batch(self.name, limits.max_events, limits.max_bytes)
 
     def _deliver(self, batch: Batch) -> None:
         """Attempt ``batch`` until it is finished or the sink stops."""
