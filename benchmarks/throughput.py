@@ -61,10 +61,11 @@ def measure_floor(path: Path) -> float:
     return (time.process_time() - started) / count
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -79,7 +80,9 @@ def receiver_stats(port: int) -> dict[str, float]:
         return json.loads(answer.read())  # type: ignore[no-any-return]
 
 
-def run_agent(tmp: Path, log: Path, count: int, port: int) -> dict[str, float]:
+def run_agent(
+    tmp: Path, log: Path, count: int, port: int, profile: Path | None = None
+) -> dict[str, float]:
     config = tmp / "config.yaml"
     config.write_text(
         f"state_dir: {tmp / 'state'}\n"
@@ -90,10 +93,27 @@ def run_agent(tmp: Path, log: Path, count: int, port: int) -> dict[str, float]:
         " batch: {max_events: 500}}]\n"
     )
     log.rename(tmp / "hold.log")  # the agent starts with nothing to read...
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "-c", str(config)],
-        stderr=subprocess.DEVNULL,
-    )
+    command = [sys.executable, "-m", "agent", "run", "-c", str(config)]
+    spy = None
+    agent = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    if profile is not None:  # on-CPU samples of every thread, as collapsed stacks
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "--threads",
+                "-o",
+                str(profile),
+                "-p",
+                str(agent.pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     try:
         time.sleep(2.0)  # ...until it is up (imports and start-up are not per-event cost)
         cpu_before = cpu_seconds(agent.pid)
@@ -107,11 +127,13 @@ def run_agent(tmp: Path, log: Path, count: int, port: int) -> dict[str, float]:
             time.sleep(0.05)
             received = int(receiver_stats(port)["events"])
         wall = time.monotonic() - started
-        cpu = cpu_seconds(agent.pid) - cpu_before
+        user, system = (a - b for a, b in zip(cpu_seconds(agent.pid), cpu_before, strict=True))
         rx_after = receiver_stats(port)
         return {
             "wall": wall,
-            "cpu": cpu,
+            "cpu": user + system,
+            "user": user,
+            "system": system,
             "rss": peak_rss_mib(agent.pid),
             "receiver_cpu": rx_after["cpu_seconds"] - rx_before["cpu_seconds"],
             "requests": rx_after["requests"] - rx_before["requests"],
@@ -119,12 +141,17 @@ def run_agent(tmp: Path, log: Path, count: int, port: int) -> dict[str, float]:
     finally:
         agent.terminate()
         agent.wait(30)
+        if spy is not None:
+            spy.wait(30)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--max-ratio", type=float, default=2.0)
+    parser.add_argument(
+        "--profile", type=Path, help="also record the agent with py-spy into this file"
+    )
     args = parser.parse_args()
     count = args.events
     with tempfile.TemporaryDirectory(prefix="tailhook-bench-") as name:
@@ -141,7 +168,7 @@ def main() -> int:
         try:
             assert receiver.stdout is not None
             port = int(receiver.stdout.readline())
-            result = run_agent(tmp, log, count, port)
+            result = run_agent(tmp, log, count, port, args.profile)
         finally:
             assert receiver.stdin is not None
             receiver.stdin.close()
@@ -154,7 +181,10 @@ def main() -> int:
         f"agent throughput:       {count / result['wall']:.0f} events/s "
         f"({result['wall']:.2f} s wall)"
     )
-    print(f"agent CPU per event:    {per_event * 1e6:.2f} µs ({result['cpu']:.2f} s)")
+    print(
+        f"agent CPU per event:    {per_event * 1e6:.2f} µs ({result['cpu']:.2f} s: "
+        f"{result['user']:.2f} user, {result['system']:.2f} system)"
+    )
     print(f"agent peak RSS:         {result['rss']:.1f} MiB")
     print(
         f"receiver CPU:           {result['receiver_cpu']:.2f} s over {result['wall']:.2f} s "

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.config import WebhookConfig
 from agent.sinks.webhook import WebhookSink
-from agent.spool import Spool
+from agent.spool import NewSegment, Spool
 from agent.telemetry import Metrics
 
 
@@ -34,7 +34,7 @@ def running_sinks(
     metrics = Metrics(registry)
     spool = Spool(state_dir / "spool.db", metrics)
     spool.configure_webhooks({hook.name: hook.events for hook in hooks if hook.enabled})
-    spool.append("test", events)
+    spool.append("test", NewSegment.of(events))
     sinks = [WebhookSink(hook, spool, metrics, state_dir) for hook in hooks if hook.enabled]
     for sink in sinks:
         sink.start()

@@ -69,7 +69,7 @@ def test_a_webhook_with_no_event_types_sends_nothing(tmp_path: Path, receiver: R
     hook = webhook(receiver.url, events=frozenset())
     with running_sinks(tmp_path, [hook], [hit(1), scope(2)]) as run:
         assert not receiver.wait_for(1, timeout=1.0)
-        assert run.spool.bytes == 0  # nothing is kept for it either
+        assert run.spool.held_bytes == 0  # nothing is kept for it either
 
 
 def test_a_disabled_webhook_sends_nothing_and_keeps_nothing(
@@ -78,7 +78,7 @@ def test_a_disabled_webhook_sends_nothing_and_keeps_nothing(
     hook = webhook(receiver.url, enabled=False)
     with running_sinks(tmp_path, [hook], [hit(1)]) as run:
         assert not receiver.wait_for(1, timeout=1.0)
-        assert run.spool.bytes == 0
+        assert run.spool.held_bytes == 0
 
 
 def test_batches_respect_max_events(tmp_path: Path, receiver: Receiver) -> None:

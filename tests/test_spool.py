@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from agent.spool import Checkpoint, Spool
+from agent.spool import Checkpoint, NewSegment, Spool
 from agent.telemetry import Metrics
 
 
@@ -27,7 +27,7 @@ def test_checkpoint_and_events_survive_a_reopen(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"a": frozenset({"hit"})})
     checkpoint = Checkpoint("1:2", "/x.log", 120, b"{")
-    spool.append("src", [("hit", b'{"n":1}'), ("hit", b'{"n":2}')], checkpoint)
+    spool.append("src", NewSegment.of([("hit", b'{"n":1}'), ("hit", b'{"n":2}')]), checkpoint)
     spool.close()
     again = open_spool(tmp_path)
     again.configure_webhooks({"a": frozenset({"hit"})})
@@ -39,36 +39,36 @@ def test_checkpoint_and_events_survive_a_reopen(tmp_path: Path) -> None:
 def test_each_webhook_has_its_own_cursor_and_filter(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"hits": frozenset({"hit"}), "all": frozenset({"hit", "scope"})})
-    spool.append("src", [("hit", b"1"), ("scope", b"2"), ("hit", b"3")])
-    spool.append("src", [("scope", b"4")])
+    spool.append("src", NewSegment.of([("hit", b"1"), ("scope", b"2"), ("hit", b"3")]))
+    spool.append("src", NewSegment.of([("scope", b"4")]))
     assert drain(spool, "hits") == [b"[1,3]"]
     assert spool.backlog("hits") == 0
-    assert spool.bytes > 0  # "all" still needs them
+    assert spool.held_bytes > 0  # "all" still needs them
     assert drain(spool, "all", max_events=2) == [b"[1,2]", b"[3,4]"]
-    assert spool.bytes == 0  # every webhook passed every event: the spool is empty
+    assert spool.held_bytes == 0  # every webhook passed every event: the spool is empty
 
 
 def test_events_of_types_nobody_takes_are_not_kept(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"a": frozenset({"hit"})})
-    spool.append("src", [("scope", b"1"), ("system", b"2")])
-    assert spool.bytes == 0
+    spool.append("src", NewSegment.of([("scope", b"1"), ("system", b"2")]))
+    assert spool.held_bytes == 0
 
 
 def test_a_webhook_steps_over_the_types_it_does_not_take(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"hits": frozenset({"hit"}), "scopes": frozenset({"scope"})})
-    spool.append("src", [("scope", b"1")])
+    spool.append("src", NewSegment.of([("scope", b"1")]))
     assert drain(spool, "scopes") == [b"[1]"]
-    assert spool.bytes > 0
+    assert spool.held_bytes > 0
     assert spool.next_batch("hits", 10, 1000) is None  # nothing for it, but it moves on
-    assert spool.bytes == 0
+    assert spool.held_bytes == 0
 
 
 def test_a_recorded_batch_is_the_same_bytes_and_id_after_a_reopen(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"a": frozenset({"hit"})})
-    spool.append("src", [("hit", b"1"), ("hit", b"2"), ("hit", b"3")])
+    spool.append("src", NewSegment.of([("hit", b"1"), ("hit", b"2"), ("hit", b"3")]))
     batch = spool.next_batch("a", 2, 1000)
     assert batch is not None
     spool.count_attempt("a")
@@ -85,21 +85,21 @@ def test_a_recorded_batch_is_the_same_bytes_and_id_after_a_reopen(tmp_path: Path
 def test_positions_are_never_reused_after_the_spool_empties(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"a": frozenset({"hit"})})
-    spool.append("src", [("hit", b"1")])
+    spool.append("src", NewSegment.of([("hit", b"1")]))
     assert drain(spool, "a") == [b"[1]"]
     spool.close()
     again = open_spool(tmp_path)
     again.configure_webhooks({"a": frozenset({"hit"})})
-    again.append("src", [("hit", b"2")])
+    again.append("src", NewSegment.of([("hit", b"2")]))
     assert drain(again, "a") == [b"[2]"]
 
 
 def test_a_new_webhook_starts_after_what_is_already_kept(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"a": frozenset({"hit"})})
-    spool.append("src", [("hit", b"old")])
+    spool.append("src", NewSegment.of([("hit", b"old")]))
     spool.configure_webhooks({"a": frozenset({"hit"}), "b": frozenset({"hit"})})
-    spool.append("src", [("hit", b"new")])
+    spool.append("src", NewSegment.of([("hit", b"new")]))
     assert drain(spool, "b") == [b"[new]"]
     assert drain(spool, "a") == [b"[old,new]"]
 
@@ -107,7 +107,9 @@ def test_a_new_webhook_starts_after_what_is_already_kept(tmp_path: Path) -> None
 def test_batches_respect_max_bytes_but_always_carry_one_event(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"a": frozenset({"hit"})})
-    spool.append("src", [("hit", b"x" * 40), ("hit", b"y" * 40), ("hit", b"z" * 200)])
+    spool.append(
+        "src", NewSegment.of([("hit", b"x" * 40), ("hit", b"y" * 40), ("hit", b"z" * 200)])
+    )
     first = spool.next_batch("a", 500, 100)
     assert first is not None and first.body == b"[" + b"x" * 40 + b"," + b"y" * 40 + b"]"
     spool.finish_batch("a", first)
@@ -119,9 +121,41 @@ def test_drop_oldest_discards_and_counts_undelivered_events(tmp_path: Path) -> N
     registry = CollectorRegistry()
     spool = Spool(tmp_path / "spool.db", Metrics(registry), max_bytes=250, when_full="drop_oldest")
     spool.configure_webhooks({"a": frozenset({"hit"})})
-    spool.append("src", [("hit", b"a" * 100)])
-    spool.append("src", [("hit", b"b" * 100)])
-    spool.append("src", [("hit", b"c" * 100)])  # no room: the oldest goes
+    spool.append("src", NewSegment.of([("hit", b"a" * 100)]))
+    spool.append("src", NewSegment.of([("hit", b"b" * 100)]))
+    spool.append("src", NewSegment.of([("hit", b"c" * 100)]))  # no room: the oldest goes
     assert registry.get_sample_value("tailhook_spool_dropped_events_total") == 1
     assert spool.backlog("a") == 2
+    assert drain(spool, "a") == [b"[" + b"b" * 100 + b"," + b"c" * 100 + b"]"]
+
+
+def test_a_rebuilt_batch_is_byte_identical_across_segments_and_types(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.configure_webhooks({"a": frozenset({"hit", "system"}), "b": frozenset({"scope"})})
+    spool.append("src", NewSegment.of([("hit", b"1"), ("scope", b"2"), ("system", b"3")]))
+    spool.append("src", NewSegment.of([("hit", b"4"), ("hit", b"5"), ("scope", b"6")]))
+    formed = spool.next_batch("a", 4, 1 << 20)
+    assert formed is not None and formed.body == b"[1,3,4,5]"
+    spool.close()
+    again = open_spool(tmp_path)
+    again.configure_webhooks({"a": frozenset({"hit", "system"}), "b": frozenset({"scope"})})
+    rebuilt = again.open_batch("a")
+    assert rebuilt is not None
+    assert (rebuilt.webhook_id, rebuilt.body) == (formed.webhook_id, formed.body)
+    assert rebuilt.type_counts == {"hit": 3, "system": 1}
+
+
+def test_a_batch_in_flight_keeps_its_body_when_drop_oldest_deletes_its_events(
+    tmp_path: Path,
+) -> None:
+    spool = open_spool(tmp_path, max_bytes=250, when_full="drop_oldest")
+    spool.configure_webhooks({"a": frozenset({"hit"})})
+    spool.append("src", NewSegment.of([("hit", b"a" * 100)]))
+    in_flight = spool.next_batch("a", 10, 1 << 20)
+    assert in_flight is not None
+    spool.append("src", NewSegment.of([("hit", b"b" * 100)]))
+    spool.append("src", NewSegment.of([("hit", b"c" * 100)]))  # drops the first segment
+    kept = spool.open_batch("a")
+    assert kept is not None and kept.body == in_flight.body == b"[" + b"a" * 100 + b"]"
+    spool.finish_batch("a", kept)
     assert drain(spool, "a") == [b"[" + b"b" * 100 + b"," + b"c" * 100 + b"]"]

@@ -17,6 +17,7 @@ import orjson
 from agent.errors import RejectedLine
 from agent.formats import EventFormat, MappingContext
 from agent.pipeline.rejected import RejectedLog
+from agent.spool import NewSegment
 from agent.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,9 @@ class LineProcessor:
         self.metrics = metrics
         self.rejected = rejected
 
-    def process(self, lines: Iterable[bytes]) -> list[tuple[str, bytes]]:
-        """Complete lines (without their ``\\n``) -> ``(type, body)`` of accepted events."""
-        keep: list[tuple[str, bytes]] = []
+    def process(self, lines: Iterable[bytes]) -> NewSegment:
+        """Complete lines (without their ``\\n``) -> the accepted events, encoded."""
+        keep = NewSegment()
         outcomes: Counter[tuple[str, str]] = Counter()
         convert = self.format.convert
         ctx = self.ctx
@@ -78,7 +79,7 @@ class LineProcessor:
                 continue
             outcomes[(event_type, "accepted")] += 1
             if notification is not None:
-                keep.append((event_type, dumps(notification)))
+                keep.add(event_type, dumps(notification))
         self._count(outcomes)
         return keep
 

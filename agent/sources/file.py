@@ -228,9 +228,9 @@ class FileSource:
         gone = [key for key in checkpoints if key != STARTED_KEY and key not in self.files]
         self.spool.forget_checkpoints(self.name, gone)
         marker = Checkpoint(STARTED_KEY, "", 0, b"")
-        self.spool.append(self.name, [], marker)
+        self.spool.append(self.name, None, marker)
         for tailed in self.files.values():
-            self.spool.append(self.name, [], tailed.checkpoint())
+            self.spool.append(self.name, None, tailed.checkpoint())
 
     def _open(
         self,
