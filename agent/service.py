@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from agent import __version__
 from agent.config import Config, FileSourceConfig
-from agent.errors import StateError
+from agent.errors import ConfigError, Problem, StateError
 from agent.formats import MappingContext, load_format
 from agent.httpd import MetricsServer
 from agent.pipeline import LineProcessor
@@ -33,6 +33,15 @@ from agent.telemetry import Metrics, fields
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL = 1.0
+
+
+def unsupported(config: Config) -> list[Problem]:
+    """What the config asks for that this version cannot do yet."""
+    return [
+        Problem(f"sources[{index}].type", "unix_socket sources are not available in this version")
+        for index, source in enumerate(config.sources)
+        if not isinstance(source, FileSourceConfig)
+    ]
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -64,6 +73,9 @@ class Agent:
 
     def start(self) -> None:
         config = self.config
+        problems = unsupported(config)
+        if problems:
+            raise ConfigError(problems)
         self.server = MetricsServer(
             config.metrics.host, config.metrics.port, self.registry, self.healthy, self.ready
         )
@@ -83,8 +95,7 @@ class Agent:
             sink.start()
         ctx = MappingContext(console_url=config.console_url)
         for source_config in config.sources:
-            if not isinstance(source_config, FileSourceConfig):
-                raise NotImplementedError("unix_socket sources arrive in a later version")
+            assert isinstance(source_config, FileSourceConfig)
             processor = LineProcessor(
                 source_config.name,
                 load_format(source_config.format),

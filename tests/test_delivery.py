@@ -126,6 +126,14 @@ def test_https_with_a_private_ca_is_verified(
         assert https_receiver.wait_for(1, timeout=10)
 
 
+def test_https_without_verification_delivers_when_verify_is_false(
+    tmp_path: Path, https_receiver: Receiver
+) -> None:
+    hook = webhook(https_receiver.url, tls=TLSConfig(verify=False))
+    with running_sinks(tmp_path, [hook], [hit(1)]):
+        assert https_receiver.wait_for(1, timeout=10)
+
+
 def test_https_to_an_unknown_ca_is_refused_as_tls(tmp_path: Path, https_receiver: Receiver) -> None:
     with running_sinks(tmp_path, [webhook(https_receiver.url)], [hit(1)]) as run:
         deadline = time.monotonic() + 10

@@ -215,3 +215,15 @@ def test_sigkill_then_restart_resends_the_same_batch(tmp_path: Path, receiver: R
     ]
     assert resent and all(r.body == refused.body for r in resent)
     assert set(received_ids(receiver.bodies_json())) == {f"hit-{n}" for n in range(20)}
+
+
+def test_a_unix_socket_source_is_refused_clearly_until_it_is_built(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path}\nsources:\n  - name: s\n    type: unix_socket\n"
+        f"    path: {tmp_path}/s.sock\nwebhooks: []\n"
+    )
+    for command in ("check-config", "run"):
+        result = tailhook(command, "-c", str(config))
+        assert result.returncode == 2
+        assert "sources[0].type: unix_socket sources are not available" in result.stderr
