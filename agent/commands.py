@@ -5,16 +5,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import orjson
+from prometheus_client import CollectorRegistry
+
 from agent.config import Config, load_config
 from agent.errors import ConfigError, DeliveryError, Problem, RejectedLine
-from agent.formats import EventFormat, MappingContext, load_format
+from agent.formats import EVENT_TYPES, EventFormat, MappingContext, load_format
 from agent.pipeline import decode_line, is_blank
 from agent.service import Agent, unsupported
-from agent.sinks.deadletter import read_dead_letters
+from agent.sinks.deadletter import read_dead_letters, read_entries, set_aside
 from agent.sinks.transport import Transport
 from agent.sinks.webhook import request_headers
-from agent.spool import new_webhook_id
-from agent.telemetry import setup_logging
+from agent.spool import NewSegment, Spool, new_webhook_id
+from agent.telemetry import Metrics, setup_logging
 
 MAX_VALIDATE_LINE = 1024 * 1024
 
@@ -118,4 +121,38 @@ def dead_letter_list(config_path: Path, webhook: str | None) -> int:
 
 
 def dead_letter_replay(config_path: Path, webhook: str) -> int:
-    raise ConfigError([Problem("", "dead-letter replay is not available in this version")])
+    """Queue the webhook's dead-lettered batches for delivery again, for it alone.
+
+    The events go into the spool as new batches (new ``webhook-id``s), so a running
+    agent picks them up within a second and a stopped one at its next start; the
+    dead-letter file is kept, renamed ``WEBHOOK.replayed-TIME.jsonl``.
+    """
+    config = load_config(config_path)
+    hook = config.webhooks[_find_webhook(config, webhook)]
+    if not hook.enabled:
+        raise ConfigError([Problem("webhooks", f"webhook {webhook!r} is disabled")])
+    aside = set_aside(config.state_dir, webhook)
+    if aside is None:
+        print(f"{webhook}: no dead-lettered batches")
+        return 0
+    spool = Spool(config.state_dir / "spool.db", Metrics(CollectorRegistry()))
+    batches = events = 0
+    try:
+        spool.configure_webhooks({h.name: h.events for h in config.webhooks if h.enabled})
+        for entry in read_entries(aside):
+            objects = entry.get("events") or []
+            segment = NewSegment.of(
+                (obj["object_type"], orjson.dumps(obj))
+                for obj in objects
+                if isinstance(obj, dict) and obj.get("object_type") in EVENT_TYPES
+            )
+            spool.append("dead-letter-replay", segment, target=webhook)
+            batches += 1
+            events += len(segment)
+    finally:
+        spool.close()
+    print(
+        f"{webhook}: queued {events} events from {batches} batches again; "
+        f"the dead letters are kept in {aside.name}"
+    )
+    return 0

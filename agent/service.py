@@ -141,6 +141,7 @@ class Agent:
             if self.spool is None:
                 continue
             try:
+                self.spool.refresh()
                 self.spool.update_gauges()
             except Exception:
                 log.exception("Updating the backlog gauges failed")

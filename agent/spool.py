@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS segments (
     count INTEGER NOT NULL,
     types TEXT NOT NULL,
     body BLOB NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    target TEXT  -- NULL: for every webhook; else only for this one (a dead-letter replay)
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     source TEXT NOT NULL,
@@ -174,19 +175,20 @@ class _Segment:
     body: bytes
     starts: list[int]  # starts[i] is event i's first byte; starts[count] is len(body) + 1
     created: float
+    target: str | None
 
     @property
     def count(self) -> int:
         return len(self.types)
 
     @classmethod
-    def parse(cls, types: str, body: bytes, created: float) -> _Segment:
+    def parse(cls, types: str, body: bytes, created: float, target: str | None) -> _Segment:
         starts = [0]
         find = body.find
         for _ in range(len(types) - 1):
             starts.append(find(b"\n", starts[-1]) + 1)
         starts.append(len(body) + 1)
-        return cls(types, body, starts, created)
+        return cls(types, body, starts, created, target)
 
     def take(
         self, index: int, stop: int, codes: str, max_events: int, budget: int, first: bool
@@ -242,6 +244,7 @@ class Spool:
         self._cursors: dict[str, int] = {}
         self._backlog: dict[str, int] = {}
         self._cache: dict[int, _Segment] = {}
+        self._newest_known = 0
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -249,6 +252,7 @@ class Spool:
             self._db.executescript(SCHEMA)
             row = self._db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM segments")
             self._bytes: int = row.fetchone()[0]
+            self._newest_known = self._newest_seq()
         except sqlite3.Error as exc:
             raise StateError(f"cannot open the spool at {path}: {exc}") from exc
         self._metrics.spool_bytes.set(self._bytes)
@@ -288,14 +292,17 @@ class Spool:
         segment: NewSegment | None,
         checkpoint: Checkpoint | None = None,
         stop: threading.Event | None = None,
+        target: str | None = None,
     ) -> bool:
         """Keep ``segment`` and move ``source``'s checkpoint, in one transaction. Events
-        of a type no enabled webhook takes are not kept.
+        of a type no enabled webhook takes are not kept; with ``target``, the segment is
+        for that webhook alone (a dead-letter replay).
 
         Blocks while the spool is full and ``when_full`` is ``block``; returns False
         (keeping nothing) if ``stop`` is set while waiting.
         """
-        types, body = segment.keeping("".join(self._codes.values())) if segment else ("", b"")
+        wanted = self._codes.get(target, "") if target else "".join(self._codes.values())
+        types, body = segment.keeping(wanted) if segment else ("", b"")
         now = time.time()
         with self._changed:
             if types and not self._make_room(len(body), stop):
@@ -303,15 +310,18 @@ class Spool:
             with self._transaction():
                 if types:
                     self._db.execute(
-                        "INSERT INTO segments (count, types, body, created) VALUES (?, ?, ?, ?)",
-                        (len(types), types, body, now),
+                        "INSERT INTO segments (count, types, body, created, target)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (len(types), types, body, now, target),
                     )
                 if checkpoint is not None:
                     self._write_checkpoint(source, checkpoint, now)
             if types:
                 self._bytes += len(body)
+                self._newest_known = self._newest_seq()
                 for name, codes in self._codes.items():
-                    self._backlog[name] += sum(types.count(code) for code in codes)
+                    if target in (None, name):
+                        self._backlog[name] += sum(types.count(code) for code in codes)
                 self._changed.notify_all()
         return True
 
@@ -354,7 +364,7 @@ class Spool:
             if not codes or self._closed:
                 return None
             start = self._cursors[webhook]
-            body, end, counts = self._gather(start, None, codes, max_events, max_bytes)
+            body, end, counts = self._gather(webhook, start, None, codes, max_events, max_bytes)
             if not counts:
                 if end != start:  # only events of other types: step over them
                     self._move_cursor(webhook, end, 0)
@@ -375,7 +385,7 @@ class Spool:
                 return None
             webhook_id, start, end, codes, body, counts, created, attempts = row
             if body is None:
-                body, _, _ = self._gather(start, end, codes, 1 << 30, 1 << 62)
+                body, _, _ = self._gather(webhook, start, end, codes, 1 << 30, 1 << 62)
             return Batch(
                 webhook_id,
                 start,
@@ -397,6 +407,20 @@ class Spool:
         """The batch was delivered or dead-lettered: drop it and move the cursor past it."""
         with self._changed:
             self._move_cursor(webhook, batch.end_position, batch.count)
+            self._changed.notify_all()
+
+    def refresh(self) -> None:
+        """Notice segments another process added (``tailhook dead-letter replay``)."""
+        with self._changed:
+            if self._closed:
+                return
+            newest = self._newest_seq()
+            if newest == self._newest_known:
+                return
+            self._newest_known = newest
+            row = self._db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM segments")
+            self._bytes = int(row.fetchone()[0])
+            self._backlog = {name: self._count_pending(name) for name in self._codes}
             self._changed.notify_all()
 
     # -- observing --------------------------------------------------------------------
@@ -445,19 +469,25 @@ class Spool:
         if cached is not None:
             return cached
         row = self._db.execute(
-            "SELECT count, types, body, created FROM segments WHERE seq = ?", (seq,)
+            "SELECT types, body, created, target FROM segments WHERE seq = ?", (seq,)
         ).fetchone()
         if row is None:
             return None
-        _, types, body, created = row
-        segment = _Segment.parse(types, bytes(body), created)
+        types, body, created, target = row
+        segment = _Segment.parse(types, bytes(body), created, target)
         if len(self._cache) >= CACHED_SEGMENTS:
             del self._cache[min(self._cache)]
         self._cache[seq] = segment
         return segment
 
     def _gather(
-        self, start: int, end: int | None, codes: str, max_events: int, max_bytes: int
+        self,
+        webhook: str,
+        start: int,
+        end: int | None,
+        codes: str,
+        max_events: int,
+        max_bytes: int,
     ) -> tuple[bytes, int, dict[str, int]]:
         """The body of the events of types ``codes`` from position ``start``: up to
         ``end`` when given (rebuilding a recorded batch), else within the limits.
@@ -476,10 +506,14 @@ class Spool:
             stop = segment.count
             if end is not None and seq == end >> INDEX_BITS:
                 stop = end & INDEX_MASK
-            runs, after = segment.take(
-                index, stop, codes, max_events - taken, max_bytes - size, first=not parts
-            )
-            for code in codes:
+            runs: list[bytes]
+            if segment.target is not None and segment.target != webhook:
+                runs, after = [], stop  # another webhook's replay
+            else:
+                runs, after = segment.take(
+                    index, stop, codes, max_events - taken, max_bytes - size, first=not parts
+                )
+            for code in codes if runs else ():
                 n = segment.types.count(code, index, after)
                 if n:
                     counts[CODE_TYPES[code]] = counts.get(CODE_TYPES[code], 0) + n
@@ -532,20 +566,17 @@ class Spool:
             (limit,),
         ).fetchall()
         for webhook, start, end, codes in rows:
-            body, _, _ = self._gather(start, end, codes, 1 << 30, 1 << 62)
+            body, _, _ = self._gather(webhook, start, end, codes, 1 << 30, 1 << 62)
             self._db.execute("UPDATE batches SET body = ? WHERE webhook = ?", (body, webhook))
-
-    def _pending_segments(self, webhook: str) -> Iterable[tuple[int, int, str, float]]:
-        cursor = self._cursors[webhook]
-        return self._db.execute(
-            "SELECT seq, count, types, created FROM segments WHERE seq >= ? ORDER BY seq",
-            (cursor >> INDEX_BITS,),
-        ).fetchall()
 
     def _count_pending(self, webhook: str) -> int:
         codes, cursor = self._codes[webhook], self._cursors[webhook]
         total = 0
-        for seq, _, types, _ in self._pending_segments(webhook):
+        rows = self._db.execute(
+            "SELECT seq, types FROM segments WHERE seq >= ? AND COALESCE(target, ?) = ?",
+            (cursor >> INDEX_BITS, webhook, webhook),
+        )
+        for seq, types in rows.fetchall():
             start = cursor & INDEX_MASK if seq == cursor >> INDEX_BITS else 0
             total += sum(types.count(code, start) for code in codes)
         return total
@@ -613,22 +644,24 @@ class Spool:
         """Discard the oldest segments until ``need`` bytes are free; count the events
         that some webhook had not yet delivered."""
         freed = dropped = 0
-        rows = self._db.execute("SELECT seq, types, LENGTH(body) FROM segments ORDER BY seq")
+        rows = self._db.execute(
+            "SELECT seq, types, target, LENGTH(body) FROM segments ORDER BY seq"
+        )
         doomed = []
-        for seq, types, length in rows.fetchall():
+        for seq, types, target, length in rows.fetchall():
             if freed >= need:
                 break
-            doomed.append((seq, types))
+            doomed.append((seq, types, target))
             freed += length
         if not doomed:
             return
-        for seq, types in doomed:
+        for seq, types, target in doomed:
             for index, code in enumerate(types):
                 here = position(seq, index)
                 waiting = [
                     name
                     for name, codes in self._codes.items()
-                    if code in codes and here >= self._cursors[name]
+                    if code in codes and here >= self._cursors[name] and target in (None, name)
                 ]
                 dropped += bool(waiting)
                 for name in waiting:

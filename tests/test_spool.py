@@ -159,3 +159,28 @@ def test_a_batch_in_flight_keeps_its_body_when_drop_oldest_deletes_its_events(
     assert kept is not None and kept.body == in_flight.body == b"[" + b"a" * 100 + b"]"
     spool.finish_batch("a", kept)
     assert drain(spool, "a") == [b"[" + b"b" * 100 + b"," + b"c" * 100 + b"]"]
+
+
+def test_a_replayed_segment_goes_to_its_webhook_alone(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.configure_webhooks({"a": frozenset({"hit"}), "b": frozenset({"hit"})})
+    spool.append("src", NewSegment.of([("hit", b"1")]))
+    spool.append("replay", NewSegment.of([("hit", b"old")]), target="b")
+    spool.append("src", NewSegment.of([("hit", b"2")]))
+    assert (spool.backlog("a"), spool.backlog("b")) == (2, 3)
+    assert drain(spool, "a") == [b"[1,2]"]
+    assert drain(spool, "b") == [b"[1,old,2]"]
+    assert spool.held_bytes == 0
+
+
+def test_refresh_notices_segments_another_process_added(tmp_path: Path) -> None:
+    running = open_spool(tmp_path)
+    running.configure_webhooks({"a": frozenset({"hit"})})
+    other = open_spool(tmp_path)
+    other.configure_webhooks({"a": frozenset({"hit"})})
+    other.append("replay", NewSegment.of([("hit", b"again")]), target="a")
+    other.close()
+    assert running.backlog("a") == 0
+    running.refresh()
+    assert running.backlog("a") == 1
+    assert drain(running, "a") == [b"[again]"]

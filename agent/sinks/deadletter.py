@@ -51,11 +51,28 @@ def write_dead_letter(
 
 def read_dead_letters(state_dir: Path, webhook: str) -> Iterator[dict[str, Any]]:
     path = dead_letter_path(state_dir, webhook)
+    if path.exists():
+        yield from read_entries(path)
+
+
+def set_aside(state_dir: Path, webhook: str) -> Path | None:
+    """Move the webhook's dead-letter file aside (atomically) for a replay; None if empty.
+
+    Batches dead-lettered while the replay runs go to a new file, not lost and not
+    replayed twice.
+    """
+    path = dead_letter_path(state_dir, webhook)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{webhook}.replayed-{stamp}.jsonl")
     try:
-        handle = path.open("rb")
+        os.rename(path, aside)
     except FileNotFoundError:
-        return
-    with handle:
+        return None
+    return aside
+
+
+def read_entries(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as handle:
         for line in handle:
             if line.strip():
                 entry = orjson.loads(line)
