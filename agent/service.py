@@ -134,6 +134,10 @@ class Agent:
             return False, "starting"
         if self._stop.is_set():
             return False, "stopping"
+        if self.spool is not None and not self.spool.writable:
+            return False, "the spool cannot be written (is state_dir full?)"
+        if not all(source.started.is_set() for source in self.sources):
+            return False, "sources starting"
         return self.healthy()
 
     def _update_gauges(self) -> None:
@@ -141,6 +145,7 @@ class Agent:
             if self.spool is None:
                 continue
             try:
+                self.spool.probe()
                 self.spool.refresh()
                 self.spool.update_gauges()
             except Exception:

@@ -28,12 +28,13 @@ with the events they cover, so lines are read again rather than lost.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 import uuid
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     fingerprint BLOB NOT NULL,
     updated REAL NOT NULL,
     PRIMARY KEY (source, key)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cursors (
     webhook TEXT PRIMARY KEY,
@@ -245,16 +250,15 @@ class Spool:
         self._backlog: dict[str, int] = {}
         self._cache: dict[int, _Segment] = {}
         self._newest_known = 0
+        #: False while writes fail (a full disk): /readyz says so; reset by the next write.
+        self.writable = True
+        self._db, self.recovered = _open_database(path)
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
             row = self._db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM segments")
             self._bytes: int = row.fetchone()[0]
             self._newest_known = self._newest_seq()
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open the spool at {path}: {exc}") from exc
+            raise StateError(f"cannot read the spool at {path}: {exc}") from exc
         self._metrics.spool_bytes.set(self._bytes)
 
     # -- webhooks ---------------------------------------------------------------------
@@ -328,6 +332,7 @@ class Spool:
     def checkpoints(self, source: str) -> dict[str, Checkpoint]:
         """The checkpoints of one source, by file identity."""
         with self._lock:
+            self._check_open()
             rows = self._db.execute(
                 "SELECT key, path, offset, fingerprint FROM checkpoints WHERE source = ?",
                 (source,),
@@ -376,6 +381,7 @@ class Spool:
     def open_batch(self, webhook: str) -> Batch | None:
         """The batch ``webhook`` has in flight, from this run or an earlier one."""
         with self._lock:
+            self._check_open()
             row = self._db.execute(
                 "SELECT webhook_id, start_position, end_position, codes, body, type_counts,"
                 " created, attempts FROM batches WHERE webhook = ?",
@@ -408,6 +414,20 @@ class Spool:
         with self._changed:
             self._move_cursor(webhook, batch.end_position, batch.count)
             self._changed.notify_all()
+
+    def probe(self) -> None:
+        """After a failed write, try a small one, so readiness comes back by itself when
+        space returns even if nothing else needs writing."""
+        with self._lock:
+            if self.writable or self._closed:
+                return
+            try:
+                with self._transaction():
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (str(time.time()),)
+                    )
+            except StateError:
+                return  # still full; readiness stays off
 
     def refresh(self) -> None:
         """Notice segments another process added (``tailhook dead-letter replay``)."""
@@ -457,7 +477,18 @@ class Spool:
     # -- internals (the lock is held) -------------------------------------------------
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        self._check_open()
+        return _Transaction(self._db, self._wrote)
+
+    def _wrote(self, ok: bool) -> None:
+        if ok != self.writable:
+            self.writable = ok
+            if ok:
+                log.warning("The spool can be written again")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StateError("the spool is closed")
 
     def _newest_seq(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'segments'")
@@ -684,8 +715,9 @@ class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back and turned into StateError on failure.
     Nested use joins the transaction already open."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, report: Callable[[bool], None]) -> None:
         self._db = db
+        self._report = report
         self._outer = False
 
     def __enter__(self) -> None:
@@ -694,21 +726,83 @@ class _Transaction:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                self._report(False)
                 raise StateError(f"cannot write the spool: {exc}") from exc
 
     def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
         if not self._outer:
             return
         if error is not None:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             if isinstance(error, sqlite3.Error):
+                self._report(False)
                 raise StateError(f"cannot write the spool: {error}") from error
             return
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
+            self._rollback()
+            self._report(False)
             raise StateError(f"cannot write the spool: {exc}") from exc
+        self._report(True)
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.warning("Rolling back a failed spool write failed", exc_info=True)
+
+
+#: SQLite's names for a file that is not, or no longer, a sound database.
+DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("PRAGMA quick_check found damage")
+        db.executescript(SCHEMA)
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+def _open_database(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """Open (or create) the spool database; a damaged one is moved aside and replaced.
+
+    Returns the connection and whether a damaged database was replaced. Anything else
+    (permissions, a full disk) is a StateError: starting without the spool could only
+    lose data.
+    """
+    try:
+        return _connect(path), False
+    except sqlite3.DatabaseError as exc:
+        name = getattr(exc, "sqlite_errorname", "")
+        if name not in DAMAGED and "quick_check" not in str(exc):
+            raise StateError(f"cannot open the spool at {path}: {exc}") from exc
+        damaged = exc
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot open the spool at {path}: {exc}") from exc
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            os.replace(source, aside.with_name(aside.name + suffix))
+    log.error(
+        "The spool was damaged and has been replaced by an empty one; events it held and"
+        " not yet delivered are lost, and files are read again from their start",
+        extra=fields(spool=str(path), kept_as=str(aside), error=str(damaged)),
+    )
+    try:
+        return _connect(path), True
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot create a new spool at {path}: {exc}") from exc
 
 
 def _format_counts(counts: Mapping[str, int]) -> str:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"tailhook/{__version__}"
 IDLE_WAIT = 1.0
+#: Pause after a failure that is not the receiver's (the spool cannot be written).
+RECOVERY_WAIT = 1.0
 
 
 def request_headers(config: WebhookConfig, webhook_id: str, body: bytes) -> dict[str, str]:
@@ -97,21 +99,43 @@ class WebhookSink:
     # -- the loop ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        failing = False
         try:
             while not self._stopping():
-                batch = self.spool.open_batch(self.name) or self._next_batch()
-                if batch is None:
+                try:
+                    if not self._step():
+                        return
+                except StateError as exc:
                     if self._stop.is_set():
-                        return  # draining, and nothing is left
+                        return  # the spool closes at shutdown; the batch stays recorded
+                    if not failing:
+                        log.error(
+                            "The spool cannot be written; delivery pauses until it can",
+                            extra=fields(webhook=self.name, error=str(exc)),
+                        )
+                    failing = True
+                    self._stop.wait(RECOVERY_WAIT)
                     continue
-                self._deliver(batch)
-        except StateError:
-            log.exception(
-                "The webhook sink stopped: the spool cannot be written",
-                extra=fields(webhook=self.name),
-            )
+                except Exception:
+                    log.exception(
+                        "Unexpected error in the webhook sink; it goes on",
+                        extra=fields(webhook=self.name),
+                    )
+                    self._stop.wait(RECOVERY_WAIT)
+                    continue
+                if failing:
+                    log.warning("Delivery resumed", extra=fields(webhook=self.name))
+                    failing = False
         finally:
             self.transport.close()
+
+    def _step(self) -> bool:
+        """Deliver the next batch, if one comes; False once draining has nothing left."""
+        batch = self.spool.open_batch(self.name) or self._next_batch()
+        if batch is None:
+            return not self._stop.is_set()
+        self._deliver(batch)
+        return True
 
     def _next_batch(self) -> Batch | None:
         """Wait for events and form a batch, honouring ``max_wait``; None if none came."""

@@ -39,6 +39,8 @@ CHUNK_BYTES = 256 * 1024
 COMMIT_BYTES = 1024 * 1024
 FINGERPRINT_BYTES = 64
 RESCAN_SECONDS = 1.0
+#: Pause after a failure that is not the input's (the spool cannot be written).
+RECOVERY_WAIT = 1.0
 #: The checkpoint that marks a source as started once, so ``start_at`` applies only once.
 STARTED_KEY = "*"
 
@@ -133,26 +135,42 @@ class FileSource:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        failing = False
         try:
             self._start_watching()
-            self._open_initial()
-            self.started.set()
-            last_scan = time.monotonic()
+            last_scan = 0.0
             while not self._stop.is_set():
-                if self._rescan.is_set() or time.monotonic() - last_scan >= RESCAN_SECONDS:
-                    self._rescan.clear()
-                    self._scan()
-                    last_scan = time.monotonic()
-                if self._read_all():
+                try:
+                    if not self.started.is_set():
+                        self._open_initial()
+                        self.started.set()
+                    if self._rescan.is_set() or time.monotonic() - last_scan >= RESCAN_SECONDS:
+                        self._rescan.clear()
+                        self._scan()
+                        last_scan = time.monotonic()
+                    progressed = self._read_all()
+                except StateError as exc:
+                    if not failing:
+                        log.error(
+                            "The spool cannot be written; reading pauses until it can",
+                            extra=fields(source=self.name, error=str(exc)),
+                        )
+                    failing = True
+                    self._stop.wait(RECOVERY_WAIT)
                     continue
-                self._wake.wait(RESCAN_SECONDS)
-                self._wake.clear()
-        except StateError:
-            log.exception(
-                "The file source stopped: its state cannot be written",
-                extra=fields(source=self.name),
-            )
-            raise
+                except Exception:
+                    log.exception(
+                        "Unexpected error in the file source; it goes on",
+                        extra=fields(source=self.name),
+                    )
+                    self._stop.wait(RECOVERY_WAIT)
+                    continue
+                if failing:
+                    log.warning("Reading resumed", extra=fields(source=self.name))
+                    failing = False
+                if not progressed:
+                    self._wake.wait(RESCAN_SECONDS)
+                    self._wake.clear()
         finally:
             self._stop_watching()
             for tailed in self.files.values():
@@ -221,7 +239,8 @@ class FileSource:
 
     def _open_initial(self) -> None:
         checkpoints = self.spool.checkpoints(self.name)
-        first_start = STARTED_KEY not in checkpoints
+        # A spool replaced after damage knows no files: read them again from the start.
+        first_start = STARTED_KEY not in checkpoints and not self.spool.recovered
         for key, (path, st) in self._matches().items():
             at_end = first_start and self.config.start_at == "end"
             self._open(key, path, st, checkpoints.get(key), at_end)
@@ -328,14 +347,21 @@ class FileSource:
         if tailed.read_pos <= FINGERPRINT_BYTES or len(tailed.fingerprint) < FINGERPRINT_BYTES:
             tailed.fingerprint = read_fingerprint(tailed.fd)
         events = self.processor.process(lines)
-        if not self.spool.append(self.name, events, tailed.checkpoint(), self._stop):
-            # Stopping while the spool was full: forget what was read; it is read again.
-            tailed.read_pos = before
-            tailed.splitter = LineSplitter(self.config.max_line_bytes, skip_bom=before == 0)
+        try:
+            kept = self.spool.append(self.name, events, tailed.checkpoint(), self._stop)
+        except StateError:
+            self._rewind(tailed, before)  # nothing was kept: read it again
+            raise
+        if not kept:  # stopping while the spool was full: it is read again at the next start
+            self._rewind(tailed, before)
             return False
         self._lines.inc(len(lines))
         self._bytes.inc(consumed)
         return True
+
+    def _rewind(self, tailed: TailedFile, offset: int) -> None:
+        tailed.read_pos = offset
+        tailed.splitter = LineSplitter(self.config.max_line_bytes, skip_bom=offset == 0)
 
     def _truncated(self, tailed: TailedFile) -> None:
         log.warning(
