@@ -349,12 +349,19 @@ class Spool:
 
     # -- sinks ------------------------------------------------------------------------
 
-    def wait_pending(self, webhook: str, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for ``webhook`` to have at least one pending event."""
+    def wait_pending(self, webhook: str, timeout: float, stop: threading.Event) -> bool:
+        """Wait up to ``timeout`` s for ``webhook`` to have at least one pending event,
+        or for ``stop`` (see ``wake``)."""
         with self._changed:
             return self._changed.wait_for(
-                lambda: self._closed or self._backlog.get(webhook, 0) > 0, timeout
+                lambda: self._closed or stop.is_set() or self._backlog.get(webhook, 0) > 0,
+                timeout,
             )
+
+    def wake(self) -> None:
+        """Wake every waiter, so one that is stopping notices at once."""
+        with self._changed:
+            self._changed.notify_all()
 
     def wait_change(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for new events (or a close)."""

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from agent import __version__
-from tests.agent_support import hit_line, received_ids
+from tests.agent_support import hit_line, received_ids, wait_until
 from tests.support.receiver import Receiver, RecordedRequest
 
 pytestmark = pytest.mark.slow
@@ -96,6 +96,9 @@ def test_run_delivers_serves_metrics_and_stops_cleanly_on_sigterm(
             out.write(hit_line(2) + b"\n")
             out.write(b'{"event":"system","time":1,"action":"nope"}\n')
         assert receiver.wait_for(lambda r: len(received_ids([x.json() for x in r])) >= 2, 10)
+        # The receiver wakes the test before it answers; the counter moves on the answer.
+        code_200 = 'tailhook_webhook_requests_total{code="200",webhook="soc"}'
+        assert wait_until(lambda: code_200 in requests.get(base + "/metrics", timeout=5).text, 5)
         metrics = requests.get(base + "/metrics", timeout=5).text
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0

@@ -42,5 +42,7 @@ def test_retry_after_in_seconds_and_as_http_date() -> None:
     assert parse_retry_after("120", now) == 120.0
     assert parse_retry_after(formatdate(now + 90, usegmt=True), now) == pytest.approx(90.0)
     assert parse_retry_after(formatdate(now - 90, usegmt=True), now) == 0.0
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now) == pytest.approx(30.0)
+    assert parse_retry_after("Tue Nov 14 22:13:50 2023", now) == pytest.approx(30.0)  # asctime
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None

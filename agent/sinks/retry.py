@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import random
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
@@ -45,8 +46,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:
-        return None
+    if when.tzinfo is None:  # asctime form: RFC 9110 says it is UTC
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now)
 
 

@@ -84,6 +84,7 @@ class WebhookSink:
         sending what is pending until then."""
         self._drain_until = drain_until
         self._stop.set()
+        self.spool.wake()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -140,7 +141,7 @@ class WebhookSink:
     def _next_batch(self) -> Batch | None:
         """Wait for events and form a batch, honouring ``max_wait``; None if none came."""
         limits = self.config.batch
-        if not self.spool.wait_pending(self.name, IDLE_WAIT):
+        if not self.spool.wait_pending(self.name, IDLE_WAIT, self._stop):
             # Idle: this also steps the cursor over events of types it does not take.
             return self.spool.next_batch(self.name, limits.max_events, limits.max_bytes)
         deadline = time.monotonic() + limits.max_wait

@@ -35,8 +35,10 @@ from agent.telemetry import Metrics, fields
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
-#: Bytes read from one file before its events are committed and other files get a turn.
+#: Bytes read from one file before its events are committed and other files get a turn
+#: (less with a small spool, so that one read stays well within ``spool.max_bytes``).
 COMMIT_BYTES = 1024 * 1024
+MIN_COMMIT_BYTES = 16 * 1024
 FINGERPRINT_BYTES = 64
 RESCAN_SECONDS = 1.0
 #: Pause after a failure that is not the input's (the spool cannot be written).
@@ -118,6 +120,7 @@ class FileSource:
         self._bytes = metrics.source_bytes.labels(source=self.name)
         self._lag = metrics.file_lag.labels(source=self.name)
         self.started = threading.Event()
+        self._commit_bytes = max(MIN_COMMIT_BYTES, min(COMMIT_BYTES, spool.max_bytes // 4))
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -331,8 +334,8 @@ class FileSource:
         before = tailed.committed
         lines: list[bytes] = []
         consumed = 0
-        while consumed < COMMIT_BYTES:
-            data = os.pread(tailed.fd, CHUNK_BYTES, tailed.read_pos)
+        while consumed < self._commit_bytes:
+            data = os.pread(tailed.fd, min(CHUNK_BYTES, self._commit_bytes), tailed.read_pos)
             if not data:
                 break
             tailed.read_pos += len(data)
