@@ -133,3 +133,62 @@ def test_a_webhook_answering_503_does_not_slow_another(tmp_path: Path, receiver:
     # batch forms (max_wait 50 ms), not at the failing webhook's pace.
     assert sorted(latencies)[len(latencies) // 2] < 1.0
     assert retries is not None and retries >= 20
+
+
+def test_backlog_and_oldest_age_gauges_follow_what_is_undelivered(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    log = tmp_path / "detections.log"
+    log.write_bytes(b"".join(hit_line(n) + b"\n" for n in range(7)))
+    receiver.answer_with(503)
+    agent = Agent(file_config(tmp_path, receiver.url, (str(log),)), CollectorRegistry())
+    agent.start()
+    try:
+
+        def gauge(name: str) -> float:
+            return agent.registry.get_sample_value(name, {"webhook": "soc"}) or 0.0
+
+        assert wait_until(lambda: gauge("tailhook_webhook_backlog_events") == 7, 10)
+        assert wait_until(lambda: gauge("tailhook_webhook_oldest_event_age_seconds") >= 1.0, 10)
+        receiver.answer_with(200)
+        assert wait_until(lambda: gauge("tailhook_webhook_backlog_events") == 0, 10)
+        assert wait_until(lambda: gauge("tailhook_webhook_oldest_event_age_seconds") == 0, 10)
+    finally:
+        agent.stop()
+
+
+def test_drop_oldest_counts_every_dropped_event(tmp_path: Path, receiver: Receiver) -> None:
+    log = tmp_path / "detections.log"
+    log.write_bytes(b"")
+    base = file_config(tmp_path, receiver.url, (str(log),))
+    config = type(base)(
+        **{**base.__dict__, "spool": SpoolConfig(max_bytes=20_000, when_full="drop_oldest")}
+    )
+    receiver.answer_with(503)
+    agent = Agent(config, CollectorRegistry())
+    agent.start()
+    try:
+        for n in range(300):
+            with log.open("ab") as out:
+                out.write(hit_line(n) + b"\n")
+        size = log.stat().st_size
+        assert agent.spool is not None
+
+        def read_to_the_end() -> bool:
+            assert agent.spool is not None
+            offsets = [c.offset for c in agent.spool.checkpoints("waf").values() if c.path]
+            return offsets == [size]
+
+        assert wait_until(read_to_the_end, 10)
+        assert agent.spool.held_bytes <= 20_000 + 16 * 1024
+        dropped = agent.registry.get_sample_value("tailhook_spool_dropped_events_total") or 0
+        assert dropped > 200
+        receiver.answer_with(200)
+        assert wait_until(lambda: agent.spool is not None and agent.spool.backlog("soc") == 0, 10)
+        # Every event was delivered or counted as dropped (the batch in flight when the
+        # drops began kept its body, so its events can be both).
+        got = set(received_ids(receiver.bodies_json()))
+        assert len(got) + dropped >= 300
+        assert len(got) < 300
+    finally:
+        agent.stop()
