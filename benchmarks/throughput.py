@@ -27,9 +27,12 @@ import urllib.request
 from pathlib import Path
 
 import orjson
+from prometheus_client import CollectorRegistry
 
 from agent.formats import MappingContext, load_format
 from agent.sources.lines import LineSplitter
+from agent.spool import Checkpoint, NewSegment, Spool
+from agent.telemetry import Metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.agent_support import hit_line
@@ -59,6 +62,35 @@ def measure_floor(path: Path) -> float:
                 orjson.dumps(notification)
                 count += 1
     return (time.process_time() - started) / count
+
+
+def measure_spool(path: Path, directory: Path) -> tuple[float, float]:
+    """CPU seconds per event of durability alone, in process: keeping the events (one
+    segment per read, with its checkpoint, as the file source does) and delivering
+    them (form, record, finish, delete), as a webhook sink does."""
+    fmt = load_format("native")
+    ctx = MappingContext()
+    segments = []
+    splitter = LineSplitter(1 << 20)
+    with path.open("rb", buffering=0) as src:
+        while chunk := src.read(1 << 20):
+            lines, _ = splitter.feed(chunk)
+            segment = NewSegment()
+            for line in lines:
+                segment.add("hit", orjson.dumps(fmt.convert(orjson.loads(line), ctx)[1]))
+            segments.append(segment)
+    count = sum(len(segment) for segment in segments)
+    spool = Spool(directory / "spool.db", Metrics(CollectorRegistry()))
+    spool.configure_webhooks({"bench": frozenset({"hit"})})
+    started = time.process_time()
+    for n, segment in enumerate(segments):
+        spool.append("bench", segment, Checkpoint("1:1", str(path), n, b""))
+    kept = time.process_time()
+    while (batch := spool.next_batch("bench", 500, 1 << 20)) is not None:
+        spool.finish_batch("bench", batch)
+    done = time.process_time()
+    spool.close()
+    return (kept - started) / count, (done - kept) / count
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -159,6 +191,9 @@ def main() -> int:
         log = tmp / "detections.log"
         size = write_lines(log, count)
         floor = measure_floor(log)
+        spool_dir = tmp / "spool-alone"
+        spool_dir.mkdir()
+        keep, deliver = measure_spool(log, spool_dir)
         receiver = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("receiver.py"))],
             stdin=subprocess.PIPE,
@@ -177,6 +212,10 @@ def main() -> int:
     ratio = per_event / floor
     print(f"events:                 {count} hit lines, {size / count:.0f} bytes each")
     print(f"floor (in-process):     {floor * 1e6:.2f} µs CPU per event")
+    print(
+        f"durability (in-process): {(keep + deliver) * 1e6:.2f} µs CPU per event "
+        f"(keep {keep * 1e6:.2f}, deliver and delete {deliver * 1e6:.2f})"
+    )
     print(
         f"agent throughput:       {count / result['wall']:.0f} events/s "
         f"({result['wall']:.2f} s wall)"

@@ -159,7 +159,6 @@ class WebhookSink:
             if attempt > 0:
                 self.metrics.retries.labels(webhook=self.name).inc()
             attempt += 1
-            self.spool.count_attempt(self.name)
             status, answer, error = self._attempt(batch)
             verdict = classify_response(status)
             if verdict is Verdict.DELIVERED:
@@ -174,6 +173,9 @@ class WebhookSink:
             if time.time() - batch.created >= self.config.retry.max_elapsed:
                 self._dead_letter(batch, "expired", status, head)
                 return
+            # Failed attempts are recorded (for the backoff after a restart); a batch
+            # delivered at its first attempt costs no write for it.
+            self.spool.count_attempt(self.name)
             retry_after = None
             if answer is not None:
                 retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())

@@ -28,204 +28,34 @@ with the events they cover, so lines are read again rather than lost.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
-import uuid
-from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from agent.errors import StateError
+from agent.spool.database import Transaction, open_database
+from agent.spool.segments import (
+    CACHED_SEGMENTS,
+    CODE_TYPES,
+    INDEX_BITS,
+    INDEX_MASK,
+    TYPE_CODES,
+    Batch,
+    Checkpoint,
+    NewSegment,
+    StoredSegment,
+    format_counts,
+    new_webhook_id,
+    parse_counts,
+    position,
+)
 from agent.telemetry import Metrics, fields
 
+__all__ = ["Batch", "Checkpoint", "NewSegment", "Spool", "new_webhook_id"]
+
 log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS segments (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    count INTEGER NOT NULL,
-    types TEXT NOT NULL,
-    body BLOB NOT NULL,
-    created REAL NOT NULL,
-    target TEXT  -- NULL: for every webhook; else only for this one (a dead-letter replay)
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    source TEXT NOT NULL,
-    key TEXT NOT NULL,
-    path TEXT NOT NULL,
-    offset INTEGER NOT NULL,
-    fingerprint BLOB NOT NULL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (source, key)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cursors (
-    webhook TEXT PRIMARY KEY,
-    position INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
-    webhook TEXT PRIMARY KEY,
-    webhook_id TEXT NOT NULL,
-    start_position INTEGER NOT NULL,
-    end_position INTEGER NOT NULL,
-    codes TEXT NOT NULL,
-    body BLOB,
-    type_counts TEXT NOT NULL,
-    created REAL NOT NULL,
-    attempts INTEGER NOT NULL
-);
-"""
-
-#: One letter per event type in a segment's ``types``.
-TYPE_CODES = {"hit": "h", "vulnerability": "v", "system": "s", "scope": "c"}
-CODE_TYPES = {code: kind for kind, code in TYPE_CODES.items()}
-#: A position is ``segment << INDEX_BITS | index``.
-INDEX_BITS = 24
-INDEX_MASK = (1 << INDEX_BITS) - 1
-#: Segments split into events, kept for the next batch (of any webhook).
-CACHED_SEGMENTS = 8
-
-
-def new_webhook_id() -> str:
-    """A Standard Webhooks message id for a new batch."""
-    return "msg_" + uuid.uuid4().hex
-
-
-def position(seq: int, index: int) -> int:
-    return seq << INDEX_BITS | index
-
-
-class NewSegment:
-    """The events of one read, encoded as the spool keeps them, built one event at a time.
-
-    Each serialised notification is copied into one buffer as it is made, rather than
-    kept as its own bytes object: with thousands of objects alive at once, every new
-    one costs the allocator fresh memory (measured: ~4 µs per event more).
-    """
-
-    __slots__ = ("body", "codes")
-
-    def __init__(self) -> None:
-        self.codes: list[str] = []
-        self.body = bytearray()
-
-    def add(self, event_type: str, notification: bytes) -> None:
-        if self.codes:
-            self.body += b"\n"
-        self.body += notification
-        self.codes.append(TYPE_CODES[event_type])
-
-    @classmethod
-    def of(cls, events: Iterable[tuple[str, bytes]]) -> NewSegment:
-        segment = cls()
-        for event_type, notification in events:
-            segment.add(event_type, notification)
-        return segment
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-    def keeping(self, wanted: str) -> tuple[str, bytes]:
-        """The type letters and body of the events whose type letter is in ``wanted``."""
-        types = "".join(self.codes)
-        if all(code in wanted for code in set(types)):
-            return types, bytes(self.body)
-        kept = [
-            (code, body)
-            for code, body in zip(types, bytes(self.body).split(b"\n"), strict=True)
-            if code in wanted
-        ]
-        return "".join(code for code, _ in kept), b"\n".join(body for _, body in kept)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """How far one file has been read: complete lines up to ``offset``."""
-
-    key: str  # the file's identity, "DEV:INODE"
-    path: str  # where it was last seen, for people reading the state
-    offset: int
-    fingerprint: bytes  # the file's first bytes, to tell a reused inode from the same file
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One request's worth of events for one webhook, fixed once recorded."""
-
-    webhook_id: str
-    start_position: int
-    end_position: int  # the webhook's cursor once this batch is finished
-    codes: str  # the type letters it took
-    body: bytes
-    type_counts: Mapping[str, int]
-    created: float
-    attempts: int
-
-    @property
-    def count(self) -> int:
-        return sum(self.type_counts.values())
-
-
-@dataclass(frozen=True)
-class _Segment:
-    """A stored segment, with where each event starts in its body."""
-
-    types: str
-    body: bytes
-    starts: list[int]  # starts[i] is event i's first byte; starts[count] is len(body) + 1
-    created: float
-    target: str | None
-
-    @property
-    def count(self) -> int:
-        return len(self.types)
-
-    @classmethod
-    def parse(cls, types: str, body: bytes, created: float, target: str | None) -> _Segment:
-        starts = [0]
-        find = body.find
-        for _ in range(len(types) - 1):
-            starts.append(find(b"\n", starts[-1]) + 1)
-        starts.append(len(body) + 1)
-        return cls(types, body, starts, created, target)
-
-    def take(
-        self, index: int, stop: int, codes: str, max_events: int, budget: int, first: bool
-    ) -> tuple[list[bytes], int]:
-        """Events in ``[index, stop)`` of the types in ``codes``, at most ``max_events``
-        of them and ``budget`` bytes (each counted with one separator); with ``first``
-        (nothing taken yet for the batch) the first event fits whatever its size.
-        Returns their bytes (runs of adjacent events joined by ",") and the index after
-        the last event looked at."""
-        starts, body, types = self.starts, self.body, self.types
-        end = min(stop, index + max_events)
-        if all(code in codes for code in set(types[index:end])):
-            # The common case: every event is wanted, so the run is one slice.
-            if index == end:
-                return [], end
-            limit = starts[index] + budget
-            if first:
-                limit = max(limit, starts[index + 1])
-            end = min(end, bisect_right(starts, limit, index + 1, end + 1) - 1)
-            run = body[starts[index] : starts[end] - 1].replace(b"\n", b",")
-            return [run], end
-        parts: list[bytes] = []
-        used = 0
-        while index < stop and len(parts) < max_events:
-            if types[index] in codes:
-                size = starts[index + 1] - starts[index]
-                if (parts or not first) and used + size > budget:
-                    break
-                parts.append(body[starts[index] : starts[index + 1] - 1])
-                used += size
-            index += 1
-        return parts, index
 
 
 class Spool:
@@ -248,11 +78,11 @@ class Spool:
         self._codes: dict[str, str] = {}  # webhook -> the type letters it takes
         self._cursors: dict[str, int] = {}
         self._backlog: dict[str, int] = {}
-        self._cache: dict[int, _Segment] = {}
+        self._cache: dict[int, StoredSegment] = {}
         self._newest_known = 0
         #: False while writes fail (a full disk): /readyz says so; reset by the next write.
         self.writable = True
-        self._db, self.recovered = _open_database(path)
+        self._db, self.recovered = open_database(path)
         try:
             row = self._db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM segments")
             self._bytes: int = row.fetchone()[0]
@@ -306,7 +136,7 @@ class Spool:
         (keeping nothing) if ``stop`` is set while waiting.
         """
         wanted = self._codes.get(target, "") if target else "".join(self._codes.values())
-        types, body = segment.keeping(wanted) if segment else ("", b"")
+        types, body, starts = segment.keeping(wanted) if segment else ("", b"", b"")
         now = time.time()
         with self._changed:
             if types and not self._make_room(len(body), stop):
@@ -314,9 +144,9 @@ class Spool:
             with self._transaction():
                 if types:
                     self._db.execute(
-                        "INSERT INTO segments (count, types, body, created, target)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (len(types), types, body, now, target),
+                        "INSERT INTO segments (count, types, body, starts, created, target)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (len(types), types, body, starts, now, target),
                     )
                 if checkpoint is not None:
                     self._write_checkpoint(source, checkpoint, now)
@@ -405,7 +235,7 @@ class Spool:
                 end,
                 codes,
                 bytes(body),
-                _parse_counts(counts),
+                parse_counts(counts),
                 created,
                 attempts,
             )
@@ -483,9 +313,9 @@ class Spool:
 
     # -- internals (the lock is held) -------------------------------------------------
 
-    def _transaction(self) -> _Transaction:
+    def _transaction(self) -> Transaction:
         self._check_open()
-        return _Transaction(self._db, self._wrote)
+        return Transaction(self._db, self._wrote)
 
     def _wrote(self, ok: bool) -> None:
         if ok != self.writable:
@@ -502,17 +332,17 @@ class Spool:
         found = row.fetchone()
         return int(found[0]) if found else 0
 
-    def _segment(self, seq: int) -> _Segment | None:
+    def _segment(self, seq: int) -> StoredSegment | None:
         cached = self._cache.get(seq)
         if cached is not None:
             return cached
         row = self._db.execute(
-            "SELECT types, body, created, target FROM segments WHERE seq = ?", (seq,)
+            "SELECT types, body, starts, created, target FROM segments WHERE seq = ?", (seq,)
         ).fetchone()
         if row is None:
             return None
-        types, body, created, target = row
-        segment = _Segment.parse(types, bytes(body), created, target)
+        types, body, starts, created, target = row
+        segment = StoredSegment.load(types, bytes(body), bytes(starts), created, target)
         if len(self._cache) >= CACHED_SEGMENTS:
             del self._cache[min(self._cache)]
         self._cache[seq] = segment
@@ -577,7 +407,7 @@ class Spool:
                     batch.start_position,
                     batch.end_position,
                     batch.codes,
-                    _format_counts(batch.type_counts),
+                    format_counts(batch.type_counts),
                     batch.created,
                     batch.attempts,
                 ),
@@ -716,106 +546,3 @@ class Spool:
             "The spool is full; dropped the oldest undelivered events",
             extra=fields(dropped=dropped, max_bytes=self.max_bytes),
         )
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back and turned into StateError on failure.
-    Nested use joins the transaction already open."""
-
-    def __init__(self, db: sqlite3.Connection, report: Callable[[bool], None]) -> None:
-        self._db = db
-        self._report = report
-        self._outer = False
-
-    def __enter__(self) -> None:
-        if not self._db.in_transaction:
-            self._outer = True
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                self._report(False)
-                raise StateError(f"cannot write the spool: {exc}") from exc
-
-    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
-        if not self._outer:
-            return
-        if error is not None:
-            self._rollback()
-            if isinstance(error, sqlite3.Error):
-                self._report(False)
-                raise StateError(f"cannot write the spool: {error}") from error
-            return
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            self._report(False)
-            raise StateError(f"cannot write the spool: {exc}") from exc
-        self._report(True)
-
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.warning("Rolling back a failed spool write failed", exc_info=True)
-
-
-#: SQLite's names for a file that is not, or no longer, a sound database.
-DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-            raise sqlite3.DatabaseError("PRAGMA quick_check found damage")
-        db.executescript(SCHEMA)
-    except sqlite3.Error:
-        db.close()
-        raise
-    return db
-
-
-def _open_database(path: Path) -> tuple[sqlite3.Connection, bool]:
-    """Open (or create) the spool database; a damaged one is moved aside and replaced.
-
-    Returns the connection and whether a damaged database was replaced. Anything else
-    (permissions, a full disk) is a StateError: starting without the spool could only
-    lose data.
-    """
-    try:
-        return _connect(path), False
-    except sqlite3.DatabaseError as exc:
-        name = getattr(exc, "sqlite_errorname", "")
-        if name not in DAMAGED and "quick_check" not in str(exc):
-            raise StateError(f"cannot open the spool at {path}: {exc}") from exc
-        damaged = exc
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot open the spool at {path}: {exc}") from exc
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.damaged-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        source = path.with_name(path.name + suffix)
-        if source.exists():
-            os.replace(source, aside.with_name(aside.name + suffix))
-    log.error(
-        "The spool was damaged and has been replaced by an empty one; events it held and"
-        " not yet delivered are lost, and files are read again from their start",
-        extra=fields(spool=str(path), kept_as=str(aside), error=str(damaged)),
-    )
-    try:
-        return _connect(path), True
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot create a new spool at {path}: {exc}") from exc
-
-
-def _format_counts(counts: Mapping[str, int]) -> str:
-    return ",".join(f"{kind}={n}" for kind, n in sorted(counts.items()))
-
-
-def _parse_counts(text: str) -> dict[str, int]:
-    pairs = (item.split("=", 1) for item in text.split(",") if item)
-    return {kind: int(n) for kind, n in pairs}
