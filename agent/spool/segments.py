@@ -73,9 +73,9 @@ class NewSegment:
         if all(code in wanted for code in set(types)):
             return types, body, self.starts.tobytes()
         kept = NewSegment()
-        for code, body in zip(types, body.split(b"\n"), strict=True):
+        for code, event in zip(types, body.split(b"\n"), strict=True):
             if code in wanted:
-                kept.add(CODE_TYPES[code], body)
+                kept.add(CODE_TYPES[code], event)
         return "".join(kept.codes), bytes(kept.body), kept.starts.tobytes()
 
 
