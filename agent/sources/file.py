@@ -55,10 +55,14 @@ def read_fingerprint(fd: int) -> bytes:
     return os.pread(fd, FINGERPRINT_BYTES, 0)
 
 
+def same_file_start(known: bytes, fingerprint: bytes) -> bool:
+    """The file's first bytes now begin with the ``known`` first bytes."""
+    return fingerprint[: len(known)] == known
+
+
 def same_file(checkpoint: Checkpoint, fingerprint: bytes) -> bool:
     """The file now has the first bytes it had when the checkpoint was written."""
-    known = checkpoint.fingerprint
-    return fingerprint[: len(known)] == known
+    return same_file_start(checkpoint.fingerprint, fingerprint)
 
 
 @dataclass
@@ -202,23 +206,27 @@ class FileSource:
         self._watch_directories()
 
     def _watch_directories(self) -> None:
-        """Watch each glob's directory, once it exists."""
-        assert self._observer is not None
-        handler = _Wake(self._wake, self._rescan)
+        """Watch each glob's directory, once it exists, and the directory each tailed file
+        really lives in (a symlinked path, as in Kubernetes' /var/log/containers, gets
+        its appends from a directory the glob does not name)."""
         for pattern in self.config.paths:
             directory = _static_prefix(pattern)
-            if directory in self._watched or not os.path.isdir(directory):
-                continue
-            recursive = directory != os.path.dirname(pattern)
-            try:
-                self._observer.schedule(handler, directory, recursive=recursive)
-            except OSError as exc:
-                log.warning(
-                    "Cannot watch a directory; it is rescanned every second",
-                    extra=fields(source=self.name, error=str(exc)),
-                )
-                continue
-            self._watched.add(directory)
+            self._watch(directory, recursive=directory != os.path.dirname(pattern))
+        for tailed in self.files.values():
+            self._watch(os.path.dirname(os.path.realpath(tailed.path)), recursive=False)
+
+    def _watch(self, directory: str, recursive: bool) -> None:
+        assert self._observer is not None
+        if directory in self._watched or not os.path.isdir(directory):
+            return
+        try:
+            self._observer.schedule(_Wake(self._wake, self._rescan), directory, recursive=recursive)
+        except OSError as exc:
+            log.warning(
+                "Cannot watch a directory; it is rescanned every second",
+                extra=fields(source=self.name, directory=directory, error=str(exc)),
+            )
+        self._watched.add(directory)
 
     def _stop_watching(self) -> None:
         if self._observer is not None:
@@ -295,6 +303,9 @@ class FileSource:
                 tailed.rotated_at = None
         lag = 0
         for key, tailed in list(self.files.items()):
+            if not same_file_start(tailed.fingerprint, read_fingerprint(tailed.fd)):
+                # Truncated and written again past our offset before a read noticed.
+                self._truncated(tailed)
             st = os.fstat(tailed.fd)
             lag += max(0, st.st_size - tailed.read_pos)
             if key in matches and st.st_nlink > 0:
