@@ -184,3 +184,25 @@ def test_refresh_notices_segments_another_process_added(tmp_path: Path) -> None:
     running.refresh()
     assert running.backlog("a") == 1
     assert drain(running, "a") == [b"[again]"]
+
+
+def test_a_spool_of_another_layout_is_set_aside(tmp_path: Path) -> None:
+    import sqlite3
+
+    spool = open_spool(tmp_path)
+    spool.configure_webhooks({"a": frozenset({"hit"})})
+    spool.close()
+    db = sqlite3.connect(tmp_path / "spool.db")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    again = open_spool(tmp_path)
+    assert again.recovered
+    assert len(list(tmp_path.glob("spool.db.damaged-*"))) == 1
+
+
+def test_a_segment_filtered_on_the_way_in_has_no_stray_separator(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.configure_webhooks({"scopes": frozenset({"scope"})})
+    spool.append("src", NewSegment.of([("hit", b"1"), ("scope", b"2"), ("scope", b"3")]))
+    assert drain(spool, "scopes") == [b"[2,3]"]

@@ -39,11 +39,11 @@ def test_a_corrupt_spool_is_set_aside_and_the_agent_runs_on(
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs, mounted for the test (needs root, as CI has)."""
+    """A 16 MiB tmpfs, mounted for the test (needs root, as CI has)."""
     mount = tmp_path / "small"
     mount.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
     )
@@ -58,11 +58,10 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 def fill(directory: Path) -> Path:
     """Write a file until the file system is full; returns it."""
     filler = directory / "filler"
-    with filler.open("wb") as out:
+    with filler.open("wb", buffering=0) as out:  # unbuffered: close has nothing to flush
         try:
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         except OSError:
             pass
     return filler

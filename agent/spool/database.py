@@ -103,6 +103,27 @@ class Transaction:
 DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
 
+#: The layout of the tables; a spool written with another layout is set aside.
+SCHEMA_VERSION = "2"
+
+
+class _Incompatible(sqlite3.DatabaseError):
+    """The spool was written by a tailhook with another layout."""
+
+
+def _check_version(db: sqlite3.Connection) -> None:
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if row is not None:
+        if row[0] != SCHEMA_VERSION:
+            raise _Incompatible(f"spool layout {row[0]}, this tailhook uses {SCHEMA_VERSION}")
+        return
+    columns = {info[1] for info in db.execute("PRAGMA table_info(segments)")}
+    used = db.execute("SELECT EXISTS (SELECT 1 FROM cursors)").fetchone()[0]
+    if "starts" not in columns or used:
+        raise _Incompatible("a spool from before layouts were versioned")
+    db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
     try:
@@ -110,10 +131,15 @@ def _connect(path: Path) -> sqlite3.Connection:
         # keeping and deleting them by about a third against the default 4 KiB.
         db.execute("PRAGMA page_size=16384")
         db.execute("PRAGMA journal_mode=WAL")
+        # Checkpoint the WAL into the database every 4 MiB (256 pages of 16 KiB) and
+        # truncate it back to that size, so it does not grow to 16 MiB between them.
+        db.execute("PRAGMA wal_autocheckpoint=256")
+        db.execute("PRAGMA journal_size_limit=4194304")
         db.execute("PRAGMA synchronous=NORMAL")
         if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
             raise sqlite3.DatabaseError("PRAGMA quick_check found damage")
         db.executescript(SCHEMA)
+        _check_version(db)
     except sqlite3.Error:
         db.close()
         raise
@@ -129,11 +155,15 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, bool]:
     """
     try:
         return _connect(path), False
+    except _Incompatible as exc:
+        damaged: sqlite3.DatabaseError = exc
+        what = "was written by another version of tailhook"
     except sqlite3.DatabaseError as exc:
         name = getattr(exc, "sqlite_errorname", "")
         if name not in DAMAGED and "quick_check" not in str(exc):
             raise StateError(f"cannot open the spool at {path}: {exc}") from exc
         damaged = exc
+        what = "was damaged"
     except sqlite3.Error as exc:
         raise StateError(f"cannot open the spool at {path}: {exc}") from exc
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -143,7 +173,7 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, bool]:
         if source.exists():
             os.replace(source, aside.with_name(aside.name + suffix))
     log.error(
-        "The spool was damaged and has been replaced by an empty one; events it held and"
+        f"The spool {what} and has been replaced by an empty one; events it held and"
         " not yet delivered are lost, and files are read again from their start",
         extra=fields(spool=str(path), kept_as=str(aside), error=str(damaged)),
     )

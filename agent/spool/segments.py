@@ -7,6 +7,7 @@ event starts. A position is ``segment << INDEX_BITS | index``.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from array import array
 from bisect import bisect_right
@@ -21,8 +22,24 @@ INDEX_BITS = 24
 INDEX_MASK = (1 << INDEX_BITS) - 1
 #: Segments split into events, kept for the next batch (of any webhook).
 CACHED_SEGMENTS = 8
-#: Event start offsets are stored as 32-bit unsigned integers.
+#: Event start offsets are stored as 32-bit unsigned little-endian integers.
 START_TYPECODE = "I"
+BIG_ENDIAN = sys.byteorder == "big"
+
+
+def offsets_to_bytes(offsets: array[int]) -> bytes:
+    if BIG_ENDIAN:
+        offsets = array(START_TYPECODE, offsets)
+        offsets.byteswap()
+    return offsets.tobytes()
+
+
+def offsets_from_bytes(data: bytes) -> array[int]:
+    offsets = array(START_TYPECODE)
+    offsets.frombytes(data)
+    if BIG_ENDIAN:
+        offsets.byteswap()
+    return offsets
 
 
 def new_webhook_id() -> str:
@@ -71,12 +88,12 @@ class NewSegment:
         types = "".join(self.codes)
         body = bytes(self.body[:-1])  # each event ends with a newline; the last one's goes
         if all(code in wanted for code in set(types)):
-            return types, body, self.starts.tobytes()
+            return types, body, offsets_to_bytes(self.starts)
         kept = NewSegment()
         for code, event in zip(types, body.split(b"\n"), strict=True):
             if code in wanted:
                 kept.add(CODE_TYPES[code], event)
-        return "".join(kept.codes), bytes(kept.body), kept.starts.tobytes()
+        return "".join(kept.codes), bytes(kept.body[:-1]), offsets_to_bytes(kept.starts)
 
 
 @dataclass(frozen=True)
@@ -125,8 +142,7 @@ class StoredSegment:
     def load(
         cls, types: str, body: bytes, starts: bytes, created: float, target: str | None
     ) -> StoredSegment:
-        offsets = array(START_TYPECODE)
-        offsets.frombytes(starts)
+        offsets = offsets_from_bytes(starts)
         offsets.append(len(body) + 1)
         return cls(types, body, offsets.tolist(), created, target)
 
