@@ -27,6 +27,7 @@ from watchdog.observers.polling import PollingObserver
 
 from agent.config import FileSourceConfig
 from agent.errors import StateError
+from agent.loops import run_until_stopped
 from agent.pipeline import LineProcessor
 from agent.sources.lines import LineSplitter
 from agent.spool import Checkpoint, Spool
@@ -41,8 +42,6 @@ COMMIT_BYTES = 1024 * 1024
 MIN_COMMIT_BYTES = 16 * 1024
 FINGERPRINT_BYTES = 64
 RESCAN_SECONDS = 1.0
-#: Pause after a failure that is not the input's (the spool cannot be written).
-RECOVERY_WAIT = 1.0
 #: The checkpoint that marks a source as started once, so ``start_at`` applies only once.
 STARTED_KEY = "*"
 
@@ -124,6 +123,7 @@ class FileSource:
         self._bytes = metrics.source_bytes.labels(source=self.name)
         self._lag = metrics.file_lag.labels(source=self.name)
         self.started = threading.Event()
+        self._last_scan = 0.0
         self._commit_bytes = max(MIN_COMMIT_BYTES, min(COMMIT_BYTES, spool.max_bytes // 4))
 
     # -- lifecycle --------------------------------------------------------------------
@@ -142,47 +142,30 @@ class FileSource:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        failing = False
         try:
             self._start_watching()
-            last_scan = 0.0
-            while not self._stop.is_set():
-                try:
-                    if not self.started.is_set():
-                        self._open_initial()
-                        self.started.set()
-                    if self._rescan.is_set() or time.monotonic() - last_scan >= RESCAN_SECONDS:
-                        self._rescan.clear()
-                        self._scan()
-                        last_scan = time.monotonic()
-                    progressed = self._read_all()
-                except StateError as exc:
-                    if not failing:
-                        log.error(
-                            "The spool cannot be written; reading pauses until it can",
-                            extra=fields(source=self.name, error=str(exc)),
-                        )
-                    failing = True
-                    self._stop.wait(RECOVERY_WAIT)
-                    continue
-                except Exception:
-                    log.exception(
-                        "Unexpected error in the file source; it goes on",
-                        extra=fields(source=self.name),
-                    )
-                    self._stop.wait(RECOVERY_WAIT)
-                    continue
-                if failing:
-                    log.warning("Reading resumed", extra=fields(source=self.name))
-                    failing = False
-                if not progressed:
-                    self._wake.wait(RESCAN_SECONDS)
-                    self._wake.clear()
+            run_until_stopped(self._step, self._stop, "reading", {"source": self.name})
         finally:
             self._stop_watching()
             for tailed in self.files.values():
                 os.close(tailed.fd)
             self.files.clear()
+
+    def _step(self) -> bool:
+        """Start once, rescan now and then, read what is new, or wait for news."""
+        if self._stop.is_set():
+            return False
+        if not self.started.is_set():
+            self._open_initial()
+            self.started.set()
+        if self._rescan.is_set() or time.monotonic() - self._last_scan >= RESCAN_SECONDS:
+            self._rescan.clear()
+            self._scan()
+            self._last_scan = time.monotonic()
+        if not self._read_all():
+            self._wake.wait(RESCAN_SECONDS)
+            self._wake.clear()
+        return True
 
     # -- watching ---------------------------------------------------------------------
 
@@ -206,14 +189,15 @@ class FileSource:
         self._watch_directories()
 
     def _watch_directories(self) -> None:
-        """Watch each glob's directory, once it exists, and the directory each tailed file
-        really lives in (a symlinked path, as in Kubernetes' /var/log/containers, gets
-        its appends from a directory the glob does not name)."""
+        """Watch each glob's directory, once it exists.
+
+        Behind a symlinked path (Kubernetes' /var/log/containers) appends happen in a
+        directory the glob does not name; they are read at the next one-second turn.
+        Watching each target directory would cut that to milliseconds but costs watchdog
+        a thread per directory (measured: 108 threads for 100 pods)."""
         for pattern in self.config.paths:
             directory = _static_prefix(pattern)
             self._watch(directory, recursive=directory != os.path.dirname(pattern))
-        for tailed in self.files.values():
-            self._watch(os.path.dirname(os.path.realpath(tailed.path)), recursive=False)
 
     def _watch(self, directory: str, recursive: bool) -> None:
         assert self._observer is not None
@@ -312,7 +296,9 @@ class FileSource:
                 continue
             if tailed.rotated_at is None:
                 tailed.rotated_at = now
-            idle = now - tailed.last_growth
+            # Quiet for rotate_wait since it was rotated away (or last grew, if later):
+            # a writer may still append to it through a descriptor opened before.
+            idle = now - max(tailed.last_growth, tailed.rotated_at)
             if idle >= self.config.rotate_wait and st.st_size <= tailed.read_pos:
                 self._release(tailed)
         self._lag.set(lag)
@@ -340,7 +326,9 @@ class FileSource:
 
     def _read_some(self, tailed: TailedFile) -> bool:
         size = os.fstat(tailed.fd).st_size
-        if size < tailed.committed:
+        if size < tailed.committed or not same_file_start(
+            tailed.fingerprint, read_fingerprint(tailed.fd)
+        ):  # shrank, or truncated and written again past our offset
             self._truncated(tailed)
         before = tailed.committed
         lines: list[bytes] = []

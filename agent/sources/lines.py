@@ -55,15 +55,15 @@ class LineSplitter:
         lines = (self._buf + data).split(b"\n") if self._buf else data.split(b"\n")
         tail = lines.pop()
         limit = self.max_line_bytes
-        if any(len(line) > limit for line in lines):
+        if any(len(line) > limit and _too_long(line, limit) for line in lines):
             kept = []
             for line in lines:
-                if len(line) > limit:
+                if _too_long(line, limit):
                     long_lines.append(LongLine(line[:HEAD_BYTES], len(line)))
                 else:
                     kept.append(line)
             lines = kept
-        if len(tail) > limit:
+        if len(tail) > limit + 1:  # + 1: it may yet end in "\r\n"
             self._skipping = len(tail)
             self._head = tail[:HEAD_BYTES]
             self._buf = b""
@@ -76,3 +76,8 @@ class LineSplitter:
         self._buf = b""
         self._skipping = None
         self._head = b""
+
+
+def _too_long(line: bytes, limit: int) -> bool:
+    """Longer than ``limit``, not counting the ``\r`` of a CRLF ending."""
+    return len(line) - line.endswith(b"\r") > limit
