@@ -12,7 +12,7 @@ from agent.config import Config, load_config
 from agent.errors import ConfigError, DeliveryError, Problem, RejectedLine
 from agent.formats import EVENT_TYPES, EventFormat, MappingContext, load_format
 from agent.pipeline import decode_line, is_blank
-from agent.service import Agent, unsupported
+from agent.service import Agent
 from agent.sinks.deadletter import read_dead_letters, read_entries, set_aside
 from agent.sinks.transport import Transport
 from agent.sinks.webhook import request_headers
@@ -32,9 +32,6 @@ def run(config_path: Path) -> int:
 
 def check_config(config_path: Path) -> int:
     config = load_config(config_path)
-    problems = unsupported(config)
-    if problems:
-        raise ConfigError(problems)
     for source in config.sources:
         load_format(source.format)  # compiles the schemas the config uses
     for warning in config.warnings:

@@ -6,6 +6,8 @@
      ├── RejectedLine         one input line cannot become a notification; carries the reason
      │                        (a value of REJECT_REASONS) and the event type when known
      ├── StateError           the state directory cannot be opened or written (spool, checkpoints)
+     ├── SourceError          a source cannot start: its socket path is taken by another file
+     │                        or a live socket (the agent reports it at ``sources[N].path``)
      └── DeliveryError        one webhook request failed; ``kind`` is the metric label
                               (``timeout``, ``tls``, ``connection``)
 
@@ -68,6 +70,10 @@ class RejectedLine(TailhookError):
 
 class StateError(TailhookError):
     """The state directory cannot be used (permissions, a full disk, a damaged file)."""
+
+
+class SourceError(TailhookError):
+    """A source cannot start (its socket path holds another file, or a live socket)."""
 
 
 class DeliveryError(TailhookError):

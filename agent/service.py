@@ -19,29 +19,21 @@ from types import FrameType
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
-from agent.config import Config, FileSourceConfig
-from agent.errors import ConfigError, Problem, StateError
+from agent.config import Config, FileSourceConfig, SocketSourceConfig
+from agent.errors import ConfigError, Problem, SourceError, StateError
 from agent.formats import MappingContext, load_format
 from agent.httpd import MetricsServer
 from agent.pipeline import LineProcessor
 from agent.pipeline.rejected import RejectedLog
 from agent.sinks.webhook import WebhookSink
 from agent.sources.file import FileSource
+from agent.sources.unix_socket import UnixSocketSource
 from agent.spool import Spool
 from agent.telemetry import Metrics, fields
 
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL = 1.0
-
-
-def unsupported(config: Config) -> list[Problem]:
-    """What the config asks for that this version cannot do yet."""
-    return [
-        Problem(f"sources[{index}].type", "unix_socket sources are not available in this version")
-        for index, source in enumerate(config.sources)
-        if not isinstance(source, FileSourceConfig)
-    ]
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -62,7 +54,7 @@ class Agent:
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.spool: Spool | None = None
-        self.sources: list[FileSource] = []
+        self.sources: list[FileSource | UnixSocketSource] = []
         self.sinks: list[WebhookSink] = []
         self.server: MetricsServer | None = None
         self._stop = threading.Event()
@@ -73,9 +65,6 @@ class Agent:
 
     def start(self) -> None:
         config = self.config
-        problems = unsupported(config)
-        if problems:
-            raise ConfigError(problems)
         self.server = MetricsServer(
             config.metrics.host, config.metrics.port, self.registry, self.healthy, self.ready
         )
@@ -94,8 +83,7 @@ class Agent:
             self.sinks.append(sink)
             sink.start()
         ctx = MappingContext(console_url=config.console_url)
-        for source_config in config.sources:
-            assert isinstance(source_config, FileSourceConfig)
+        for index, source_config in enumerate(config.sources):
             processor = LineProcessor(
                 source_config.name,
                 load_format(source_config.format),
@@ -103,9 +91,12 @@ class Agent:
                 self.metrics,
                 RejectedLog(config.state_dir / "rejected", source_config.name),
             )
-            source = FileSource(source_config, self.spool, processor, self.metrics)
+            source = self._build_source(source_config, processor)
+            try:
+                source.start()
+            except SourceError as exc:  # the path the config names cannot be used
+                raise ConfigError([Problem(f"sources[{index}].path", str(exc))]) from exc
             self.sources.append(source)
-            source.start()
         for source in self.sources:
             source.started.wait(10)
         self._gauges.start()
@@ -119,6 +110,14 @@ class Agent:
                 metrics=f"http://{config.metrics.host}:{self.server.port}/metrics",
             ),
         )
+
+    def _build_source(
+        self, source_config: FileSourceConfig | SocketSourceConfig, processor: LineProcessor
+    ) -> FileSource | UnixSocketSource:
+        assert self.spool is not None
+        if isinstance(source_config, FileSourceConfig):
+            return FileSource(source_config, self.spool, processor, self.metrics)
+        return UnixSocketSource(source_config, self.spool, processor, self.metrics)
 
     # -- health -----------------------------------------------------------------------
 

@@ -59,6 +59,24 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.socket_connections = Gauge(
+            "tailhook_socket_connections",
+            "Stream clients connected to a unix_socket source.",
+            ["source"],
+            registry=r,
+        )
+        self.socket_connections_refused = Counter(
+            "tailhook_socket_connections_refused_total",
+            "Connections to a unix_socket source closed at once: max_connections were open.",
+            ["source"],
+            registry=r,
+        )
+        self.socket_fragments_dropped = Counter(
+            "tailhook_socket_fragments_dropped_total",
+            "Incomplete lines lost because their client went away (or a datagram was cut).",
+            ["source"],
+            registry=r,
+        )
         self.requests = Counter(
             "tailhook_webhook_requests_total",
             "Webhook requests by HTTP status, or timeout, connection or tls.",

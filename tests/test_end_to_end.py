@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -220,13 +224,60 @@ def test_sigkill_then_restart_resends_the_same_batch(tmp_path: Path, receiver: R
     assert set(received_ids(receiver.bodies_json())) == {f"hit-{n}" for n in range(20)}
 
 
-def test_a_unix_socket_source_is_refused_clearly_until_it_is_built(tmp_path: Path) -> None:
+SOCKET_CONFIG = """\
+state_dir: {state}
+metrics:
+  listen: 127.0.0.1:0
+sources:
+  - name: node
+    type: unix_socket
+    path: {path}
+    socket_mode: "0660"
+webhooks:
+  - name: soc
+    url: {url}
+    events: [hit]
+    batch: {{max_wait: 50ms}}
+shutdown_timeout: 5s
+"""
+
+
+def test_run_with_a_unix_socket_source_delivers_what_clients_write(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    run_dir = Path(tempfile.mkdtemp(prefix="th-", dir="/tmp"))  # AF_UNIX paths: 107 bytes
+    path = run_dir / "run" / "detections.sock"
+    config = tmp_path / "config.yaml"
+    config.write_text(SOCKET_CONFIG.format(state=tmp_path / "state", path=path, url=receiver.url))
+    try:
+        with tailhook_run(config, {}) as (process, base):
+            assert requests.get(base + "/readyz", timeout=5).status_code == 200
+            assert stat.S_IMODE(path.stat().st_mode) == 0o660
+            for n in range(3):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                    client.connect(str(path))
+                    line = hit_line(n) + b"\n"
+                    client.sendall(line[:30])
+                    client.sendall(line[30:])
+            assert receiver.wait_for(lambda r: len(received_ids([x.json() for x in r])) >= 3, 10)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0
+        assert sorted(received_ids(receiver.bodies_json())) == ["hit-0", "hit-1", "hit-2"]
+        assert not path.exists()  # removed on a clean stop
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_run_refuses_to_replace_a_regular_file_at_the_socket_path(tmp_path: Path) -> None:
+    path = tmp_path / "detections.sock"
+    path.write_text("not a socket\n")
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"state_dir: {tmp_path}\nsources:\n  - name: s\n    type: unix_socket\n"
-        f"    path: {tmp_path}/s.sock\nwebhooks: []\n"
+        f"state_dir: {tmp_path}/state\nmetrics: {{listen: 127.0.0.1:0}}\nsources:\n"
+        f"  - name: s\n    type: unix_socket\n    path: {path}\nwebhooks: []\n"
     )
-    for command in ("check-config", "run"):
-        result = tailhook(command, "-c", str(config))
-        assert result.returncode == 2
-        assert "sources[0].type: unix_socket sources are not available" in result.stderr
+    assert tailhook("check-config", "-c", str(config)).returncode == 0  # it cannot know
+    result = tailhook("run", "-c", str(config))
+    assert result.returncode == 2
+    assert f"sources[0].path: {path} is a regular file; refusing to replace it" in result.stderr
+    assert path.read_text() == "not a socket\n"
