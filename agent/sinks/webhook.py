@@ -18,7 +18,8 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import WebhookConfig
-from agent.errors import DeliveryError, StateError
+from agent.errors import DeliveryError
+from agent.loops import run_until_stopped
 from agent.sinks.deadletter import write_dead_letter
 from agent.sinks.retry import Verdict, backoff_delay, classify_response, parse_retry_after
 from agent.sinks.signing import sign
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"tailhook/{__version__}"
 IDLE_WAIT = 1.0
-#: Pause after a failure that is not the receiver's (the spool cannot be written).
-RECOVERY_WAIT = 1.0
 
 
 def request_headers(config: WebhookConfig, webhook_id: str, body: bytes) -> dict[str, str]:
@@ -100,38 +99,15 @@ class WebhookSink:
     # -- the loop ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        failing = False
         try:
-            while not self._stopping():
-                try:
-                    if not self._step():
-                        return
-                except StateError as exc:
-                    if self._stop.is_set():
-                        return  # the spool closes at shutdown; the batch stays recorded
-                    if not failing:
-                        log.error(
-                            "The spool cannot be written; delivery pauses until it can",
-                            extra=fields(webhook=self.name, error=str(exc)),
-                        )
-                    failing = True
-                    self._stop.wait(RECOVERY_WAIT)
-                    continue
-                except Exception:
-                    log.exception(
-                        "Unexpected error in the webhook sink; it goes on",
-                        extra=fields(webhook=self.name),
-                    )
-                    self._stop.wait(RECOVERY_WAIT)
-                    continue
-                if failing:
-                    log.warning("Delivery resumed", extra=fields(webhook=self.name))
-                    failing = False
+            run_until_stopped(self._step, self._stop, "delivery", {"webhook": self.name})
         finally:
             self.transport.close()
 
     def _step(self) -> bool:
         """Deliver the next batch, if one comes; False once draining has nothing left."""
+        if self._stopping():
+            return False
         batch = self.spool.open_batch(self.name) or self._next_batch()
         if batch is None:
             return not self._stop.is_set()
