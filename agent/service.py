@@ -26,6 +26,7 @@ from agent.httpd import MetricsServer
 from agent.pipeline import LineProcessor
 from agent.pipeline.rejected import RejectedLog
 from agent.sinks.webhook import WebhookSink
+from agent.sources import Source
 from agent.sources.file import FileSource
 from agent.sources.unix_socket import UnixSocketSource
 from agent.spool import Spool
@@ -54,7 +55,7 @@ class Agent:
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.spool: Spool | None = None
-        self.sources: list[FileSource | UnixSocketSource] = []
+        self.sources: list[Source] = []
         self.sinks: list[WebhookSink] = []
         self.server: MetricsServer | None = None
         self._stop = threading.Event()
@@ -113,7 +114,7 @@ class Agent:
 
     def _build_source(
         self, source_config: FileSourceConfig | SocketSourceConfig, processor: LineProcessor
-    ) -> FileSource | UnixSocketSource:
+    ) -> Source:
         assert self.spool is not None
         if isinstance(source_config, FileSourceConfig):
             return FileSource(source_config, self.spool, processor, self.metrics)

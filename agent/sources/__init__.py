@@ -6,11 +6,13 @@ is a ``Source``: started once, asked to stop once, with a thread of its own.
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 
 class Source(Protocol):
     name: str
+    started: threading.Event  # set once it reads (readiness waits for every source)
 
     def start(self) -> None: ...
 
