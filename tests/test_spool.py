@@ -206,3 +206,19 @@ def test_a_segment_filtered_on_the_way_in_has_no_stray_separator(tmp_path: Path)
     spool.configure_webhooks({"scopes": frozenset({"scope"})})
     spool.append("src", NewSegment.of([("hit", b"1"), ("scope", b"2"), ("scope", b"3")]))
     assert drain(spool, "scopes") == [b"[2,3]"]
+
+
+def test_the_spool_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        spool = open_spool(tmp_path)
+        spool.configure_webhooks({"a": frozenset({"hit"})})
+        spool.append("src", NewSegment.of([("hit", b"1")]))
+        for name in ("spool.db", "spool.db-wal", "spool.db-shm"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+        spool.close()
+    finally:
+        os.umask(old)

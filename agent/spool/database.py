@@ -125,6 +125,12 @@ def _check_version(db: sqlite3.Connection) -> None:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    # Owner-only, whatever the umask; SQLite gives its -wal and -shm files the same mode.
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise sqlite3.OperationalError(f"cannot create {path}: {exc.strerror}") from exc
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
     try:
         # 16 KiB pages: segments are large blobs; measured, this cuts the CPU cost of
