@@ -76,6 +76,10 @@ class TailedFile:
     fingerprint: bytes
     rotated_at: float | None = None  # when its path stopped pointing at it
     last_growth: float = field(default_factory=time.monotonic)
+    #: The bytes just before ``committed`` when it was committed: if they change, the
+    #: file was truncated and written again past our offset (its first bytes may not
+    #: tell, when every line starts alike).
+    mark: bytes = b""
 
     @property
     def committed(self) -> int:
@@ -270,7 +274,9 @@ class FileSource:
         elif at_end:
             start = _end_of_last_line(fd, actual.st_size)
         splitter = LineSplitter(self.config.max_line_bytes, skip_bom=start == 0)
-        self.files[key] = TailedFile(key, path, fd, start, splitter, fingerprint)
+        self.files[key] = TailedFile(
+            key, path, fd, start, splitter, fingerprint, mark=_bytes_before(fd, start)
+        )
         log.info("Tailing a file", extra=fields(source=self.name, path=path, offset=start))
 
     def _scan(self) -> None:
@@ -287,8 +293,7 @@ class FileSource:
                 tailed.rotated_at = None
         lag = 0
         for key, tailed in list(self.files.items()):
-            if not same_file_start(tailed.fingerprint, read_fingerprint(tailed.fd)):
-                # Truncated and written again past our offset before a read noticed.
+            if self._rewritten(tailed):
                 self._truncated(tailed)
             st = os.fstat(tailed.fd)
             lag += max(0, st.st_size - tailed.read_pos)
@@ -325,10 +330,7 @@ class FileSource:
         return progressed
 
     def _read_some(self, tailed: TailedFile) -> bool:
-        size = os.fstat(tailed.fd).st_size
-        if size < tailed.committed or not same_file_start(
-            tailed.fingerprint, read_fingerprint(tailed.fd)
-        ):  # shrank, or truncated and written again past our offset
+        if self._rewritten(tailed):
             self._truncated(tailed)
         before = tailed.committed
         lines: list[bytes] = []
@@ -357,9 +359,21 @@ class FileSource:
         if not kept:  # stopping while the spool was full: it is read again at the next start
             self._rewind(tailed, before)
             return False
+        tailed.mark = _bytes_before(tailed.fd, tailed.committed)
         self._lines.inc(len(lines))
         self._bytes.inc(consumed)
         return True
+
+    @staticmethod
+    def _rewritten(tailed: TailedFile) -> bool:
+        """The file shrank below our offset, or was truncated and written again past it
+        (its first bytes, or the bytes just before our offset, are not what they were)."""
+        if os.fstat(tailed.fd).st_size < tailed.committed:
+            return True
+        if not same_file_start(tailed.fingerprint, read_fingerprint(tailed.fd)):
+            return True
+        mark = tailed.mark
+        return bool(mark) and _bytes_before(tailed.fd, tailed.committed, len(mark)) != mark
 
     def _rewind(self, tailed: TailedFile, offset: int) -> None:
         tailed.read_pos = offset
@@ -374,6 +388,12 @@ class FileSource:
         tailed.read_pos = 0
         tailed.splitter = LineSplitter(self.config.max_line_bytes, skip_bom=True)
         tailed.fingerprint = read_fingerprint(tailed.fd)
+        tailed.mark = b""
+
+
+def _bytes_before(fd: int, offset: int, size: int = FINGERPRINT_BYTES) -> bytes:
+    start = max(0, offset - size)
+    return os.pread(fd, offset - start, start)
 
 
 def _static_prefix(pattern: str) -> str:
