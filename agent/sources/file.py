@@ -40,7 +40,9 @@ CHUNK_BYTES = 256 * 1024
 #: (less with a small spool, so that one read stays well within ``spool.max_bytes``).
 COMMIT_BYTES = 1024 * 1024
 MIN_COMMIT_BYTES = 16 * 1024
-FINGERPRINT_BYTES = 64
+#: How many first bytes identify a file (and how many before the offset are compared):
+#: lines of one WAF often share their first 64 bytes, rarely their first KiB.
+FINGERPRINT_BYTES = 1024
 RESCAN_SECONDS = 1.0
 #: The checkpoint that marks a source as started once, so ``start_at`` applies only once.
 STARTED_KEY = "*"
@@ -368,7 +370,7 @@ class FileSource:
     def _rewritten(tailed: TailedFile) -> bool:
         """The file shrank below our offset, or was truncated and written again past it
         (its first bytes, or the bytes just before our offset, are not what they were)."""
-        if os.fstat(tailed.fd).st_size < tailed.committed:
+        if os.fstat(tailed.fd).st_size < tailed.read_pos:  # even into a half-read line
             return True
         if not same_file_start(tailed.fingerprint, read_fingerprint(tailed.fd)):
             return True
