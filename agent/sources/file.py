@@ -29,6 +29,7 @@ from agent.config import FileSourceConfig
 from agent.errors import StateError
 from agent.loops import run_until_stopped
 from agent.pipeline import LineProcessor
+from agent.sources import commit_bytes
 from agent.sources.lines import LineSplitter
 from agent.spool import Checkpoint, Spool
 from agent.telemetry import Metrics, fields
@@ -36,10 +37,6 @@ from agent.telemetry import Metrics, fields
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
-#: Bytes read from one file before its events are committed and other files get a turn
-#: (less with a small spool, so that one read stays well within ``spool.max_bytes``).
-COMMIT_BYTES = 1024 * 1024
-MIN_COMMIT_BYTES = 16 * 1024
 #: How many first bytes identify a file (and how many before the offset are compared):
 #: lines of one WAF often share their first 64 bytes, rarely their first KiB.
 FINGERPRINT_BYTES = 1024
@@ -130,7 +127,7 @@ class FileSource:
         self._lag = metrics.file_lag.labels(source=self.name)
         self.started = threading.Event()
         self._last_scan = 0.0
-        self._commit_bytes = max(MIN_COMMIT_BYTES, min(COMMIT_BYTES, spool.max_bytes // 4))
+        self._commit_bytes = commit_bytes(spool.max_bytes)
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from agent.config import SocketSourceConfig
 from agent.errors import SourceError
 from agent.loops import run_until_stopped
 from agent.pipeline import LineProcessor
+from agent.sources import commit_bytes
 from agent.sources.lines import LineSplitter
 from agent.sources.socket_path import open_socket, remove_socket_file
 from agent.spool import NewSegment, Spool
@@ -43,10 +44,6 @@ from agent.telemetry import Metrics, fields
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 1024
-#: Bytes read in one round before its lines are appended to the spool (less with a small
-#: spool, as for files).
-COMMIT_BYTES = 1024 * 1024
-MIN_COMMIT_BYTES = 16 * 1024
 #: Datagrams are received into a buffer of at least this size (the kernel's default
 #: ``wmem`` caps what a writer can send in one datagram near 208 KiB).
 DATAGRAM_BYTES = 256 * 1024
@@ -110,7 +107,7 @@ class UnixSocketSource:
         self._wake_w.setblocking(False)
         self._unkept: NewSegment | None = None  # read and processed, not yet in the spool
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
-        self._commit_bytes = max(MIN_COMMIT_BYTES, min(COMMIT_BYTES, spool.max_bytes // 4))
+        self._commit_bytes = commit_bytes(spool.max_bytes)
         size = max(DATAGRAM_BYTES, config.max_line_bytes + 1) if config.mode == "datagram" else 0
         self._datagram = bytearray(size)
         self._turn = 0
