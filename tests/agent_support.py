@@ -16,6 +16,8 @@ from agent.config import (
     FileSourceConfig,
     MetricsConfig,
     RetryConfig,
+    SourceConfig,
+    SpoolConfig,
     WebhookConfig,
 )
 from agent.service import Agent
@@ -72,10 +74,19 @@ def file_config(
     paths: tuple[str, ...],
     **source_settings: object,
 ) -> Config:
+    source = FileSourceConfig(name="waf", paths=paths, **source_settings)  # type: ignore[arg-type]
+    return agent_config(tmp_path, url, source)
+
+
+def agent_config(
+    tmp_path: Path, url: str, source: SourceConfig, spool: SpoolConfig | None = None
+) -> Config:
+    """One source and one webhook "soc" taking every type, with quick batches and retries."""
     return Config(
         state_dir=tmp_path / "state",
         metrics=MetricsConfig(host="127.0.0.1", port=0),
-        sources=(FileSourceConfig(name="waf", paths=paths, **source_settings),),  # type: ignore[arg-type]
+        sources=(source,),
+        spool=spool or SpoolConfig(),
         webhooks=(
             WebhookConfig(
                 name="soc",

@@ -18,17 +18,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.config import (
-    BatchConfig,
     Config,
-    MetricsConfig,
-    RetryConfig,
     SocketSourceConfig,
     SpoolConfig,
-    WebhookConfig,
 )
 from agent.errors import ConfigError
 from agent.service import Agent
-from tests.agent_support import ALL, hit_line, received_ids, running_agent, wait_until
+from tests.agent_support import agent_config, hit_line, received_ids, running_agent, wait_until
 from tests.support.receiver import Receiver
 
 BOM = b"\xef\xbb\xbf"
@@ -52,22 +48,7 @@ def socket_config(
     **source_settings: object,
 ) -> Config:
     source = SocketSourceConfig(name="sock", path=str(path), **source_settings)  # type: ignore[arg-type]
-    return Config(
-        state_dir=tmp_path / "state",
-        metrics=MetricsConfig(host="127.0.0.1", port=0),
-        sources=(source,),
-        spool=spool or SpoolConfig(),
-        webhooks=(
-            WebhookConfig(
-                name="soc",
-                url=url,
-                events=ALL,
-                batch=BatchConfig(max_wait=0.05),
-                retry=RetryConfig(initial_backoff=0.05, max_backoff=0.5),
-            ),
-        ),
-        shutdown_timeout=2.0,
-    )
+    return agent_config(tmp_path, url, source, spool)
 
 
 def connect(path: Path, timeout: float = 5.0) -> socket.socket:
