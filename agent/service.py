@@ -168,7 +168,7 @@ class Agent:
             source.join(5)
         deadline = time.monotonic() + self.config.shutdown_timeout
         for sink in self.sinks:
-            sink.stop(drain_until=deadline)
+            sink.stop(deadline=deadline)
         for sink in self.sinks:
             sink.join(max(0.0, deadline - time.monotonic()) + 0.5)
         left = (

@@ -19,13 +19,13 @@ from pathlib import Path
 from agent import __version__
 from agent.config import WebhookConfig
 from agent.errors import DeliveryError
-from agent.loops import run_until_stopped
 from agent.sinks.deadletter import write_dead_letter
 from agent.sinks.retry import Verdict, backoff_delay, classify_response, parse_retry_after
 from agent.sinks.signing import sign
 from agent.sinks.transport import Answer, Transport
 from agent.spool import Batch, Spool
 from agent.telemetry import Metrics, fields
+from agent.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,10 @@ def request_headers(config: WebhookConfig, webhook_id: str, body: bytes) -> dict
     return headers
 
 
-class WebhookSink:
+class WebhookSink(Worker):
     """Delivers one webhook's events from the spool."""
+
+    activity = "delivery"
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class WebhookSink:
         state_dir: Path,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(f"webhook-{config.name}", {"webhook": config.name})
         self.name = config.name
         self.config = config
         self.spool = spool
@@ -67,50 +70,24 @@ class WebhookSink:
         self.state_dir = state_dir
         self.transport = Transport(config)
         self._rng = rng or random.Random()
-        self._stop = threading.Event()
-        self._drain_until: float | None = None
-        self._thread = threading.Thread(target=self._run, name=f"webhook-{self.name}", daemon=True)
         self._duration = metrics.request_duration.labels(webhook=self.name)
         self.in_flight = threading.Event()
 
-    # -- lifecycle --------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, drain_until: float | None = None) -> None:
-        """Stop after the request in flight; with ``drain_until`` (monotonic), keep
-        sending what is pending until then."""
-        self._drain_until = drain_until
-        self._stop.set()
-        self.spool.wake()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _stopping(self) -> bool:
-        if not self._stop.is_set():
-            return False
-        return self._drain_until is None or time.monotonic() >= self._drain_until
-
     # -- the loop ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            run_until_stopped(self._step, self._stop, "delivery", {"webhook": self.name})
-        finally:
-            self.transport.close()
+    def wake(self) -> None:
+        self.spool.wake()
 
-    def _step(self) -> bool:
+    def teardown(self) -> None:
+        self.transport.close()
+
+    def step(self) -> bool:
         """Deliver the next batch, if one comes; False once draining has nothing left."""
-        if self._stopping():
+        if self.halted:
             return False
         batch = self.spool.open_batch(self.name) or self._next_batch()
         if batch is None:
-            return not self._stop.is_set()
+            return not self.stopping
         self._deliver(batch)
         return True
 
@@ -121,7 +98,7 @@ class WebhookSink:
             # Idle: this also steps the cursor over events of types it does not take.
             return self.spool.next_batch(self.name, limits.max_events, limits.max_bytes)
         deadline = time.monotonic() + limits.max_wait
-        while not self._stop.is_set():
+        while not self.stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.spool.backlog(self.name) >= limits.max_events:
                 break
@@ -131,7 +108,7 @@ class WebhookSink:
     def _deliver(self, batch: Batch) -> None:
         """Attempt ``batch`` until it is finished or the sink stops."""
         attempt = batch.attempts
-        while not self._stopping():
+        while not self.halted:
             if attempt > 0:
                 self.metrics.retries.labels(webhook=self.name).inc()
             attempt += 1
@@ -173,7 +150,7 @@ class WebhookSink:
                     retry_in=round(delay, 3),
                 ),
             )
-            if self._stop.wait(delay):
+            if not self.pause(delay):
                 return  # stopping: the batch stays recorded for the next start
 
     def _attempt(self, batch: Batch) -> tuple[int | None, Answer | None, str | None]:

@@ -27,12 +27,12 @@ from watchdog.observers.polling import PollingObserver
 
 from agent.config import FileSourceConfig
 from agent.errors import StateError
-from agent.loops import run_until_stopped
 from agent.pipeline import LineProcessor
 from agent.sources import commit_bytes
 from agent.sources.lines import LineSplitter
 from agent.spool import Checkpoint, Spool
 from agent.telemetry import Metrics, fields
+from agent.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,10 @@ class _Wake(FileSystemEventHandler):
         self.wake.set()
 
 
-class FileSource:
+class FileSource(Worker):
     """Tails one ``type: file`` source in a thread of its own."""
+
+    activity = "reading"
 
     def __init__(
         self,
@@ -110,18 +112,17 @@ class FileSource:
         processor: LineProcessor,
         metrics: Metrics,
     ) -> None:
+        super().__init__(f"source-{config.name}", {"source": config.name})
         self.name = config.name
         self.config = config
         self.spool = spool
         self.processor = processor
         self.metrics = metrics
         self.files: dict[str, TailedFile] = {}
-        self._stop = threading.Event()
         self._wake = threading.Event()
         self._rescan = threading.Event()
         self._observer: BaseObserver | None = None
         self._watched: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._lines = metrics.source_lines.labels(source=self.name)
         self._bytes = metrics.source_bytes.labels(source=self.name)
         self._lag = metrics.file_lag.labels(source=self.name)
@@ -129,34 +130,23 @@ class FileSource:
         self._last_scan = 0.0
         self._commit_bytes = commit_bytes(spool.max_bytes)
 
-    # -- lifecycle --------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
+    def wake(self) -> None:
         self._wake.set()
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+    def setup(self) -> None:
+        self._start_watching()
 
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
+    def teardown(self) -> None:
+        self._stop_watching()
+        for tailed in self.files.values():
+            os.close(tailed.fd)
+        self.files.clear()
 
-    def _run(self) -> None:
-        try:
-            self._start_watching()
-            run_until_stopped(self._step, self._stop, "reading", {"source": self.name})
-        finally:
-            self._stop_watching()
-            for tailed in self.files.values():
-                os.close(tailed.fd)
-            self.files.clear()
-
-    def _step(self) -> bool:
+    def step(self) -> bool:
         """Start once, rescan now and then, read what is new, or wait for news."""
-        if self._stop.is_set():
+        if self.stopping:
             return False
         if not self.started.is_set():
             self._open_initial()
@@ -322,7 +312,7 @@ class FileSource:
         """One turn over every file; True if any had new data."""
         progressed = False
         for tailed in list(self.files.values()):
-            if self._stop.is_set():
+            if self.stopping:
                 break
             if self._read_some(tailed):
                 progressed = True

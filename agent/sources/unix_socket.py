@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 from agent.config import SocketSourceConfig
 from agent.errors import SourceError
-from agent.loops import run_until_stopped
 from agent.pipeline import LineProcessor
 from agent.sources import commit_bytes
 from agent.sources.lines import LineSplitter
 from agent.sources.socket_path import open_socket, remove_socket_file
 from agent.spool import NewSegment, Spool
 from agent.telemetry import Metrics, fields
+from agent.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,10 @@ class Connection:
     peer_pid: int | None
 
 
-class UnixSocketSource:
+class UnixSocketSource(Worker):
     """Listens on one ``type: unix_socket`` source's socket in a thread of its own."""
+
+    activity = "reading"
 
     def __init__(
         self,
@@ -93,20 +95,19 @@ class UnixSocketSource:
         processor: LineProcessor,
         metrics: Metrics,
     ) -> None:
+        super().__init__(f"source-{config.name}", {"source": config.name})
         self.name = config.name
         self.config = config
         self.spool = spool
         self.processor = processor
         self.started = threading.Event()
         self.connections: dict[int, Connection] = {}  # by file descriptor
-        self._stop = threading.Event()
         self._listener: socket.socket | None = None
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
         self._unkept: NewSegment | None = None  # read and processed, not yet in the spool
-        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._commit_bytes = commit_bytes(spool.max_bytes)
         size = max(DATAGRAM_BYTES, config.max_line_bytes + 1) if config.mode == "datagram" else 0
         self._datagram = bytearray(size)
@@ -140,29 +141,19 @@ class UnixSocketSource:
             "Listening on a UNIX socket",
             extra=fields(source=self.name, path=self.config.path, mode=self.config.mode),
         )
-        self._thread.start()
+        super().start()
         self.started.set()
 
-    def stop(self) -> None:
-        self._stop.set()
+    def wake(self) -> None:
         with contextlib.suppress(OSError):  # a full buffer: the loop is awake already
             self._wake_w.send(b"\0")
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+    def teardown(self) -> None:
+        self._close_all()
 
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        try:
-            run_until_stopped(self._step, self._stop, "reading", {"source": self.name})
-        finally:
-            self._close_all()
-
-    def _step(self) -> bool:
+    def step(self) -> bool:
         """Read a round (unless the last one is still waiting for room), then keep it."""
-        if self._stop.is_set():
+        if self.stopping:
             return False
         if self._unkept is None:
             self._serve_round()
@@ -221,7 +212,7 @@ class UnixSocketSource:
                 log.warning(
                     "Cannot accept a connection", extra=fields(source=self.name, error=str(exc))
                 )
-                self._stop.wait(0.1)
+                self.pause(0.1)
                 return
             if len(self.connections) >= self.config.max_connections:
                 sock.close()
