@@ -222,3 +222,16 @@ def test_the_spool_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> No
         spool.close()
     finally:
         os.umask(old)
+
+
+def test_a_batch_full_at_a_segment_boundary_carries_nothing_of_the_next(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.configure_webhooks({"a": frozenset({"hit"})})
+    events = [b'{"n":%d,"pad":"%s"}' % (n, b"x" * 40) for n in range(3)]
+    for event in events:
+        spool.append("src", NewSegment.of([("hit", event)]))
+    batch = spool.next_batch("a", 500, 120)  # room for two events, not three
+    assert batch is not None
+    assert (batch.body, batch.count) == (b"[" + b",".join(events[:2]) + b"]", 2)
+    spool.finish_batch("a", batch)
+    assert drain(spool, "a") == [b"[" + events[2] + b"]"]

@@ -164,6 +164,8 @@ class StoredSegment:
             if first:
                 limit = max(limit, starts[index + 1])
             end = min(end, bisect_right(starts, limit, index + 1, end + 1) - 1)
+            if end == index:  # not even the first event fits what is left of the batch
+                return [], index
             run = body[starts[index] : starts[end] - 1].replace(b"\n", b",")
             return [run], end
         parts: list[bytes] = []
