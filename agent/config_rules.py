@@ -94,7 +94,8 @@ def rule_problems(data: dict[str, Any]) -> list[Located]:
     if isinstance(listen, str):
         _check(out, ("metrics", "listen"), parse_listen_address, listen)
     _duration(out, ("shutdown_timeout",), data.get("shutdown_timeout"))
-    _size(out, ("spool", "max_bytes"), _mapping(data.get("spool")).get("max_bytes"), 1)
+    # Below 2 MiB the spool's WAL and reserve leave no room (agent.spool.capacity).
+    _size(out, ("spool", "max_bytes"), _mapping(data.get("spool")).get("max_bytes"), 2 * MIB)
     sources = _items(data.get("sources"))
     for i, source in sources:
         _size(out, ("sources", i, "max_line_bytes"), source.get("max_line_bytes"), KIB)
@@ -243,7 +244,8 @@ def _size(out: list[Located], loc: Loc, value: Any, minimum: int) -> None:
     if value is not None:
         try:
             if parse_size(value) < minimum:
-                out.append((loc, f"must be at least {'1KiB' if minimum == KIB else minimum}"))
+                shown = {KIB: "1KiB", 2 * MIB: "2MiB"}.get(minimum, str(minimum))
+                out.append((loc, f"must be at least {shown}"))
         except ValueError as exc:
             out.append((loc, str(exc)))
 

@@ -135,12 +135,14 @@ class Agent:
         if self._stop.is_set():
             return False, "stopping"
         if self.spool is not None and not self.spool.writable:
-            return False, "the spool cannot be written (is state_dir full?)"
+            return False, f"the spool takes no new events: {self.spool.problem}"
         if not all(source.started.is_set() for source in self.sources):
             return False, "sources starting"
         return self.healthy()
 
     def _update_gauges(self) -> None:
+        """Every second: let the spool see whether it can take new events again (after a
+        full disk), notice replayed events, and refresh the spool and backlog gauges."""
         while not self._stop.wait(GAUGE_INTERVAL):
             if self.spool is None:
                 continue

@@ -123,6 +123,12 @@ class Metrics:
         self.spool_bytes = Gauge(
             "tailhook_spool_bytes", "Bytes of events held in the spool.", registry=r
         )
+        self.spool_capacity_ratio = Gauge(
+            "tailhook_spool_capacity_ratio",
+            "The spool's files on disk (database, WAL, WAL index, headroom reserve) over"
+            " spool.max_bytes.",
+            registry=r,
+        )
         self.spool_dropped = Counter(
             "tailhook_spool_dropped_events_total",
             "Undelivered events discarded because the spool was full (when_full: drop_oldest).",

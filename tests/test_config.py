@@ -907,7 +907,8 @@ def test_a_source_and_a_webhook_may_share_a_name() -> None:
         ("log: {format: yaml}", "log.format: must be one of json, text, not 'yaml'"),
         ("spool: {when_full: drop_newest}", "spool.when_full: must be one of block, drop_oldest, "
          "not 'drop_newest'"),
-        ("spool: {max_bytes: 0}", "spool.max_bytes: must be at least 1"),
+        ("spool: {max_bytes: 0}", "spool.max_bytes: must be at least 2MiB"),
+        ("spool: {max_bytes: 1MiB}", "spool.max_bytes: must be at least 2MiB"),
         ("shutdown_timeout: 10 s", f"shutdown_timeout: {DURATION}"),
         ("spool: {max_bytes: lots}", f"spool.max_bytes: {SIZE}"),
         ("console_url: my.wallarm.com", "console_url: must be an http or https URL"),

@@ -15,6 +15,9 @@ from tests.agent_support import ALL, file_config, hit_line, received_ids, wait_u
 from tests.support.receiver import Receiver, Response
 from tests.test_end_to_end import tailhook_run
 
+#: spool.max_bytes's smallest value.
+SMALL = 2 * 1024 * 1024
+
 CONFIG = """\
 state_dir: {state}
 metrics: {{listen: "127.0.0.1:0"}}
@@ -66,7 +69,7 @@ def test_a_full_spool_with_block_stops_reading_and_resumes_without_skipping(
     config = type(base)(
         **{
             **base.__dict__,
-            "spool": SpoolConfig(max_bytes=20_000, when_full="block"),
+            "spool": SpoolConfig(max_bytes=SMALL, when_full="block"),
             "webhooks": (
                 type(hook)(**{**hook.__dict__, "batch": BatchConfig(max_events=50, max_wait=0.01)}),
             ),
@@ -77,18 +80,19 @@ def test_a_full_spool_with_block_stops_reading_and_resumes_without_skipping(
     agent.start()
     try:
         with log.open("ab") as out:
-            for n in range(400):  # ~200 KB of hits, ten times the spool
+            for n in range(4000):  # ~2.8 MB to keep, five times the spool's room
                 out.write(hit_line(n) + b"\n")
         assert agent.spool is not None
         assert wait_until(lambda: agent.spool is not None and agent.spool.held_bytes > 0, 10)
         time.sleep(1.5)
-        # Reading stopped: the spool holds at most one read beyond its bound, and the
+        # Reading stopped: the spool holds what fits in its share of max_bytes, and the
         # offset kept for the file is far from its end (the rest waits in the file).
-        assert agent.spool.held_bytes <= 20_000 + 256 * 1024
+        budget = agent.spool.budget
+        assert agent.spool.held_bytes <= budget.database_pages * budget.page_size
         [offset] = [c.offset for c in agent.spool.checkpoints("waf").values() if c.path]
         assert offset < log.stat().st_size / 2
         receiver.answer_with(200)
-        everything = {f"hit-{n}" for n in range(400)}
+        everything = {f"hit-{n}" for n in range(4000)}
         assert wait_until(lambda: set(received_ids(receiver.bodies_json())) >= everything, 30)
         assert agent.registry.get_sample_value("tailhook_spool_dropped_events_total") == 0
     finally:
@@ -162,13 +166,13 @@ def test_drop_oldest_counts_every_dropped_event(tmp_path: Path, receiver: Receiv
     log.write_bytes(b"")
     base = file_config(tmp_path, receiver.url, (str(log),))
     config = type(base)(
-        **{**base.__dict__, "spool": SpoolConfig(max_bytes=20_000, when_full="drop_oldest")}
+        **{**base.__dict__, "spool": SpoolConfig(max_bytes=SMALL, when_full="drop_oldest")}
     )
     receiver.answer_with(503)
     agent = Agent(config, CollectorRegistry())
     agent.start()
     try:
-        for n in range(300):
+        for n in range(3000):
             with log.open("ab") as out:
                 out.write(hit_line(n) + b"\n")
         size = log.stat().st_size
@@ -179,16 +183,16 @@ def test_drop_oldest_counts_every_dropped_event(tmp_path: Path, receiver: Receiv
             offsets = [c.offset for c in agent.spool.checkpoints("waf").values() if c.path]
             return offsets == [size]
 
-        assert wait_until(read_to_the_end, 10)
-        assert agent.spool.held_bytes <= 20_000 + 16 * 1024
+        assert wait_until(read_to_the_end, 20)
+        budget = agent.spool.budget
+        assert agent.spool.held_bytes <= budget.database_pages * budget.page_size
         dropped = agent.registry.get_sample_value("tailhook_spool_dropped_events_total") or 0
-        assert dropped > 200
+        assert dropped > 1500
         receiver.answer_with(200)
         assert wait_until(lambda: agent.spool is not None and agent.spool.backlog("soc") == 0, 10)
-        # Every event was delivered or counted as dropped (the batch in flight when the
-        # drops began kept its body, so its events can be both).
+        # Every event was delivered or counted as dropped, never both: the events of the
+        # batch in flight when the drops began were still delivered, and not counted.
         got = set(received_ids(receiver.bodies_json()))
-        assert len(got) + dropped >= 300
-        assert len(got) < 300
+        assert len(got) + dropped == 3000
     finally:
         agent.stop()

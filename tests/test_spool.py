@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+import stat
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.errors import StateError
 from agent.spool import Checkpoint, NewSegment, Spool
 from agent.telemetry import Metrics
 
@@ -14,10 +18,21 @@ def open_spool(path: Path, max_bytes: int = 1 << 30, when_full: str = "block") -
     return Spool(path / "spool.db", Metrics(CollectorRegistry()), max_bytes, when_full)
 
 
-def drain(spool: Spool, webhook: str, max_events: int = 500) -> list[bytes]:
+#: spool.max_bytes's smallest value: room for about 450 KiB of events.
+SMALL = 2 * 1024 * 1024
+
+
+def big(n: int) -> bytes:
+    """An event of 45 kB (about what a read of a SMALL spool's sources keeps)."""
+    return str(n).encode().ljust(45_000, b".")
+
+
+def drain(
+    spool: Spool, webhook: str, max_events: int = 500, max_bytes: int = 1 << 20
+) -> list[bytes]:
     """Deliver everything pending for ``webhook``; the bodies of its batches."""
     bodies = []
-    while (batch := spool.next_batch(webhook, max_events, 1 << 20)) is not None:
+    while (batch := spool.next_batch(webhook, max_events, max_bytes)) is not None:
         bodies.append(batch.body)
         spool.finish_batch(webhook, batch)
     return bodies
@@ -117,16 +132,25 @@ def test_batches_respect_max_bytes_but_always_carry_one_event(tmp_path: Path) ->
     assert second is not None and second.count == 1 and len(second.body) == 202
 
 
+def fill_until_a_drop(spool: Spool, registry: CollectorRegistry, first: int = 0) -> int:
+    """Append one ``big`` event at a time until drop_oldest drops; how many were
+    appended (the last one included)."""
+    for n in range(first, 100):
+        spool.append("src", NewSegment.of([("hit", big(n))]))
+        if registry.get_sample_value("tailhook_spool_dropped_events_total"):
+            return n + 1
+    raise AssertionError("nothing was ever dropped")
+
+
 def test_drop_oldest_discards_and_counts_undelivered_events(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    spool = Spool(tmp_path / "spool.db", Metrics(registry), max_bytes=250, when_full="drop_oldest")
+    spool = Spool(tmp_path / "spool.db", Metrics(registry), SMALL, when_full="drop_oldest")
     spool.configure_webhooks({"a": frozenset({"hit"})})
-    spool.append("src", NewSegment.of([("hit", b"a" * 100)]))
-    spool.append("src", NewSegment.of([("hit", b"b" * 100)]))
-    spool.append("src", NewSegment.of([("hit", b"c" * 100)]))  # no room: the oldest goes
+    appended = fill_until_a_drop(spool, registry)
+    assert appended > 3
     assert registry.get_sample_value("tailhook_spool_dropped_events_total") == 1
-    assert spool.backlog("a") == 2
-    assert drain(spool, "a") == [b"[" + b"b" * 100 + b"," + b"c" * 100 + b"]"]
+    assert spool.backlog("a") == appended - 1
+    assert drain(spool, "a", max_bytes=1) == [b"[" + big(n) + b"]" for n in range(1, appended)]
 
 
 def test_a_rebuilt_batch_is_byte_identical_across_segments_and_types(tmp_path: Path) -> None:
@@ -145,20 +169,25 @@ def test_a_rebuilt_batch_is_byte_identical_across_segments_and_types(tmp_path: P
     assert rebuilt.type_counts == {"hit": 3, "system": 1}
 
 
-def test_a_batch_in_flight_keeps_its_body_when_drop_oldest_deletes_its_events(
+def test_a_batch_in_flight_is_still_delivered_when_drop_oldest_passes_its_events(
     tmp_path: Path,
 ) -> None:
-    spool = open_spool(tmp_path, max_bytes=250, when_full="drop_oldest")
+    registry = CollectorRegistry()
+    spool = Spool(tmp_path / "spool.db", Metrics(registry), SMALL, when_full="drop_oldest")
     spool.configure_webhooks({"a": frozenset({"hit"})})
-    spool.append("src", NewSegment.of([("hit", b"a" * 100)]))
+    spool.append("src", NewSegment.of([("hit", big(0))]))
     in_flight = spool.next_batch("a", 10, 1 << 20)
     assert in_flight is not None
-    spool.append("src", NewSegment.of([("hit", b"b" * 100)]))
-    spool.append("src", NewSegment.of([("hit", b"c" * 100)]))  # drops the first segment
+    appended = fill_until_a_drop(spool, registry, first=1)
+    # The segment under the batch stays (it is still to be sent), so the next one went.
+    assert registry.get_sample_value("tailhook_spool_dropped_events_total") == 1
     kept = spool.open_batch("a")
-    assert kept is not None and kept.body == in_flight.body == b"[" + b"a" * 100 + b"]"
+    assert kept is not None and kept.body == in_flight.body == b"[" + big(0) + b"]"
+    assert spool.backlog("a") == appended - 1
     spool.finish_batch("a", kept)
-    assert drain(spool, "a") == [b"[" + b"b" * 100 + b"," + b"c" * 100 + b"]"]
+    assert spool.backlog("a") == appended - 2
+    assert drain(spool, "a", max_bytes=1) == [b"[" + big(n) + b"]" for n in range(2, appended)]
+    assert spool.held_bytes == 0
 
 
 def test_a_replayed_segment_goes_to_its_webhook_alone(tmp_path: Path) -> None:
@@ -186,14 +215,14 @@ def test_refresh_notices_segments_another_process_added(tmp_path: Path) -> None:
     assert drain(running, "a") == [b"[again]"]
 
 
-def test_a_spool_of_another_layout_is_set_aside(tmp_path: Path) -> None:
+def test_a_spool_of_a_later_layout_is_set_aside(tmp_path: Path) -> None:
     import sqlite3
 
     spool = open_spool(tmp_path)
     spool.configure_webhooks({"a": frozenset({"hit"})})
     spool.close()
     db = sqlite3.connect(tmp_path / "spool.db")
-    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
     db.commit()
     db.close()
     again = open_spool(tmp_path)
@@ -235,3 +264,97 @@ def test_a_batch_full_at_a_segment_boundary_carries_nothing_of_the_next(tmp_path
     assert (batch.body, batch.count) == (b"[" + b",".join(events[:2]) + b"]", 2)
     spool.finish_batch("a", batch)
     assert drain(spool, "a") == [b"[" + events[2] + b"]"]
+
+
+def test_drop_oldest_counts_exactly_what_each_webhook_loses(tmp_path: Path) -> None:
+    """Events of a batch in flight are still delivered: not dropped, and the backlog
+    (which counts them until that batch is finished) stays exact."""
+    registry = CollectorRegistry()
+    spool = Spool(tmp_path / "spool.db", Metrics(registry), SMALL, when_full="drop_oldest")
+    spool.configure_webhooks({"a": frozenset({"hit"}), "b": frozenset({"hit", "scope"})})
+    first = [("hit", big(0)[:15_000]), ("scope", b"s"), ("hit", b"h1"), ("hit", b"h2")]
+    spool.append("src", NewSegment.of(first))
+    in_flight = spool.next_batch("a", 2, 1 << 20)  # a: hit 0 and h1; b: nothing yet
+    assert in_flight is not None and in_flight.count == 2
+    appended = fill_until_a_drop(spool, registry, first=1)
+    # The first segment stays under a's batch; the segment after it went. a loses h2
+    # and event 1; b loses all four of the first segment and event 1: five events.
+    assert registry.get_sample_value("tailhook_spool_dropped_events_total") == 5
+    later = appended - 2  # the big events after the one that went
+    assert (spool.backlog("a"), spool.backlog("b")) == (2 + later, later)
+    spool.finish_batch("a", in_flight)
+    spool.finish_batch("a", in_flight)  # finishing twice counts it once
+    assert (spool.backlog("a"), spool.backlog("b")) == (later, later)
+    assert len(drain(spool, "a", max_bytes=1)) == later
+    assert len(drain(spool, "b", max_bytes=1)) == later
+    assert (spool.backlog("a"), spool.backlog("b"), spool.held_bytes) == (0, 0, 0)
+
+
+def test_a_failing_finish_changes_nothing_and_the_spool_recovers(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.configure_webhooks({"a": frozenset({"hit"})})
+    spool.append("src", NewSegment.of([("hit", b"1")]))
+    spool.append("src", NewSegment.of([("hit", b"2")]))
+    batch = spool.next_batch("a", 1, 1 << 20)
+    assert batch is not None and batch.body == b"[1]"
+    other = sqlite3.connect(tmp_path / "spool.db")
+    # A real SQLite failure in the middle of the transaction: after the batch is
+    # deleted and the cursor moved, deleting the segment all webhooks passed fails.
+    other.execute(
+        "CREATE TRIGGER fail BEFORE DELETE ON segments BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    other.commit()
+    with pytest.raises(StateError):
+        spool.finish_batch("a", batch)
+    assert not spool.writable  # /readyz says 503
+    assert (spool.backlog("a"), spool.held_bytes) == (2, 2)
+    again = spool.open_batch("a")
+    assert again is not None and (again.webhook_id, again.body) == (batch.webhook_id, b"[1]")
+    other.execute("DROP TRIGGER fail")
+    other.commit()
+    other.close()
+    spool.probe()
+    assert spool.writable
+    spool.finish_batch("a", batch)
+    assert (spool.backlog("a"), spool.held_bytes) == (1, 1)
+    assert drain(spool, "a") == [b"[2]"]
+
+
+def test_a_failing_read_is_a_state_error_and_the_spool_recovers(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.configure_webhooks({"a": frozenset({"hit"})})
+    spool.append("src", NewSegment.of([("hit", b"1")]))
+    other = sqlite3.connect(tmp_path / "spool.db")
+    other.execute("ALTER TABLE batches RENAME TO hidden")
+    other.commit()
+    with pytest.raises(StateError):
+        spool.open_batch("a")
+    assert not spool.writable
+    with pytest.raises(StateError):  # no new events while the spool is not sound
+        spool.append("src", NewSegment.of([("hit", b"2")]))
+    spool.probe()
+    assert not spool.writable  # still failing
+    other.execute("ALTER TABLE hidden RENAME TO batches")
+    other.commit()
+    other.close()
+    spool.probe()
+    assert spool.writable
+    spool.append("src", NewSegment.of([("hit", b"2")]))
+    assert drain(spool, "a") == [b"[1,2]"]
+
+
+def test_the_reserve_is_owner_only_and_never_followed_through_a_symlink(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "spool.reserve").symlink_to(elsewhere)
+    spool = open_spool(tmp_path / "state")
+    assert not elsewhere.exists()
+    assert not spool.writable  # no headroom: new events wait
+    spool.close()
+    (tmp_path / "state" / "spool.reserve").unlink()
+    spool = open_spool(tmp_path / "state")
+    assert spool.writable
+    reserve = tmp_path / "state" / "spool.reserve"
+    assert stat.S_IMODE(reserve.stat().st_mode) == 0o600
+    assert reserve.stat().st_size == spool.budget.reserve_bytes
+    spool.close()

@@ -9,16 +9,14 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-#: Bytes a source reads before it commits them to the spool in one segment (and, for
-#: files, before other files get a turn).
-COMMIT_BYTES = 1024 * 1024
-MIN_COMMIT_BYTES = 16 * 1024
+from agent.spool.capacity import read_bytes
 
 
 def commit_bytes(spool_max_bytes: int) -> int:
-    """The read budget of one commit: less with a small spool, so that one read stays
-    well within ``spool.max_bytes``."""
-    return max(MIN_COMMIT_BYTES, min(COMMIT_BYTES, spool_max_bytes // 4))
+    """Bytes a source reads before it commits them to the spool in one segment (and, for
+    files, before other files get a turn): 1/256 of ``spool.max_bytes``, 16 KiB to
+    1 MiB, so that one commit fits the spool's WAL (see ``agent.spool.capacity``)."""
+    return read_bytes(spool_max_bytes)
 
 
 class Source(Protocol):

@@ -42,6 +42,16 @@ def offsets_from_bytes(data: bytes) -> array[int]:
     return offsets
 
 
+def event_starts(body: bytes) -> array[int]:
+    """Where each event of a segment's body begins (events are joined by newlines)."""
+    starts = array(START_TYPECODE, [0])
+    find, at = body.find, body.find(b"\n")
+    while at >= 0:
+        starts.append(at + 1)
+        at = find(b"\n", at + 1)
+    return starts
+
+
 def new_webhook_id() -> str:
     """A Standard Webhooks message id for a new batch."""
     return "msg_" + uuid.uuid4().hex
@@ -142,7 +152,8 @@ class StoredSegment:
     def load(
         cls, types: str, body: bytes, starts: bytes, created: float, target: str | None
     ) -> StoredSegment:
-        offsets = offsets_from_bytes(starts)
+        # A segment migrated from an older layout may not have its starts stored.
+        offsets = offsets_from_bytes(starts) if starts or not types else event_starts(body)
         offsets.append(len(body) + 1)
         return cls(types, body, offsets.tolist(), created, target)
 

@@ -3,26 +3,27 @@
 What it keeps, all in one database so that one transaction can cover them together:
 
 - ``segments``: accepted notifications, in segments of one source read each (often
-  thousands of events): the serialised objects joined by newlines, and one letter per
-  event for its type. Segment numbers only grow (AUTOINCREMENT), and segments are only
-  ever deleted oldest first, so the segment after N is always N + 1. Storing segments
-  rather than rows per event keeps durability to well under a microsecond per event;
+  thousands of events): the serialised objects joined by newlines, one letter per event
+  for its type, and where each event starts. Segment numbers only grow (AUTOINCREMENT).
+  Storing segments rather than rows per event keeps durability to well under a
+  microsecond per event;
 - ``checkpoints``: per source and file identity, the offset up to which lines were read,
-  written in the same transaction as the segment read up to it, so a crash can neither
-  skip a line nor record it twice on the way in;
+  written in the same transaction as the segment read up to it (``ingest``);
 - ``cursors``: per webhook, the position (segment, index) of the next event it has not
-  delivered or dead-lettered;
+  delivered or dead-lettered (``cursors``);
 - ``batches``: per webhook, the batch in flight: its ``webhook-id``, the range of
   positions it covers and the event types it took, recorded before its first attempt.
   Its body is rebuilt from that range byte for byte (the same function formed it), so
-  every retry, after a restart too, sends the same bytes under the same id without the
-  events being written twice; only when ``drop_oldest`` is about to delete segments
-  under a batch in flight is its body stored in the row.
+  every retry, after a restart too, sends the same bytes under the same id.
 
-A segment leaves the spool once every enabled webhook's cursor has passed it. The
-database runs in WAL mode with ``synchronous=NORMAL``: a killed process loses nothing
-that was committed; a power cut may roll back the newest commits, but offsets roll back
-with the events they cover, so lines are read again rather than lost.
+``Spool`` is the thin, thread-safe front: each call takes the lock, runs one
+transaction (``database``), and only once it has committed changes the ``Ledger``, the
+same state in memory (cursors, backlogs, bytes held). ``capacity`` keeps the files within
+``spool.max_bytes``; ``layouts`` migrates older spools; ``gauges`` sets the metrics.
+
+The database runs in WAL mode with ``synchronous=NORMAL``: a killed process loses
+nothing that was committed; a power cut may roll back the newest commits, but offsets
+roll back with the events they cover, so lines are read again rather than lost.
 """
 
 from __future__ import annotations
@@ -35,27 +36,20 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from agent.errors import StateError
-from agent.spool.database import Transaction, open_database
-from agent.spool.segments import (
-    CACHED_SEGMENTS,
-    CODE_TYPES,
-    INDEX_BITS,
-    INDEX_MASK,
-    TYPE_CODES,
-    Batch,
-    Checkpoint,
-    NewSegment,
-    StoredSegment,
-    format_counts,
-    new_webhook_id,
-    parse_counts,
-    position,
-)
+from agent.spool import cursors, ingest
+from agent.spool.capacity import Budget, has_room
+from agent.spool.cursors import Change, Ledger, Segments
+from agent.spool.database import Database
+from agent.spool.gauges import update_gauges
+from agent.spool.segments import TYPE_CODES, Batch, Checkpoint, NewSegment, new_webhook_id
 from agent.telemetry import Metrics, fields
 
 __all__ = ["Batch", "Checkpoint", "NewSegment", "Spool", "new_webhook_id"]
 
 log = logging.getLogger(__name__)
+
+#: How often a source waiting for room looks again (a delivery also wakes it).
+FULL_WAIT = 0.5
 
 
 class Spool:
@@ -75,21 +69,34 @@ class Spool:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._closed = False
-        self._codes: dict[str, str] = {}  # webhook -> the type letters it takes
-        self._cursors: dict[str, int] = {}
-        self._backlog: dict[str, int] = {}
-        self._cache: dict[int, StoredSegment] = {}
-        self._newest_known = 0
-        #: False while writes fail (a full disk): /readyz says so; reset by the next write.
-        self.writable = True
-        self._db, self.recovered = open_database(path)
+        self._db = Database(path, max_bytes)
+        self.recovered = self._db.recovered
+        self._ledger = Ledger()
+        self._segments = Segments()
         try:
-            row = self._db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM segments")
-            self._bytes: int = row.fetchone()[0]
-            self._newest_known = self._newest_seq()
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot read the spool at {path}: {exc}") from exc
-        self._metrics.spool_bytes.set(self._bytes)
+            held, newest = self._db.read(
+                lambda db: (cursors.held_bytes(db), cursors.newest_seq(db))
+            )
+        except StateError:
+            self._db.close()
+            raise
+        self._ledger.held_bytes, self._ledger.newest_seq = held, newest
+        self._metrics.spool_bytes.set(held)
+
+    @property
+    def writable(self) -> bool:
+        """New events are taken: False after a failed read or write, until ``probe``
+        finds the spool sound again (``/readyz`` answers 503 meanwhile)."""
+        return self._db.accepting
+
+    @property
+    def problem(self) -> str:
+        """Why new events are refused ("" while they are taken)."""
+        return self._db.problem
+
+    @property
+    def budget(self) -> Budget:
+        return self._db.budget
 
     # -- webhooks ---------------------------------------------------------------------
 
@@ -99,23 +106,25 @@ class Spool:
         A webhook seen for the first time starts after the newest event kept; a webhook
         no longer enabled loses its cursor and batch, and with them its claim on events.
         """
-        with self._changed:
-            start = position(self._newest_seq() + 1, 0)
-            with self._transaction():
-                known = dict(self._db.execute("SELECT webhook, position FROM cursors"))
-                for name in known.keys() - subscriptions.keys():
-                    self._db.execute("DELETE FROM cursors WHERE webhook = ?", (name,))
-                    self._db.execute("DELETE FROM batches WHERE webhook = ?", (name,))
-                for name in subscriptions.keys() - known.keys():
-                    self._db.execute("INSERT INTO cursors VALUES (?, ?)", (name, start))
-                    known[name] = start
-            self._codes = {
-                name: "".join(TYPE_CODES[kind] for kind in sorted(kinds))
-                for name, kinds in subscriptions.items()
+        codes = {
+            name: "".join(TYPE_CODES[kind] for kind in sorted(kinds))
+            for name, kinds in subscriptions.items()
+        }
+
+        def configure(db: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int], Change]:
+            positions, change = cursors.configure(db, self._ledger, codes)
+            backlog = {
+                name: cursors.count_pending(db, name, codes[name], positions[name])
+                for name in codes
             }
-            self._cursors = {name: known[name] for name in subscriptions}
-            self._backlog = {name: self._count_pending(name) for name in subscriptions}
-            self._collect_garbage()
+            return positions, backlog, change
+
+        with self._changed:
+            self._check_open()
+            positions, backlog, change = self._db.write(configure)
+            self._ledger.codes, self._ledger.cursors = codes, positions
+            self._ledger.backlog = backlog
+            self._apply(Change(held_bytes=change.held_bytes, deleted=change.deleted))
             self._changed.notify_all()
 
     # -- sources ----------------------------------------------------------------------
@@ -133,49 +142,56 @@ class Spool:
         for that webhook alone (a dead-letter replay).
 
         Blocks while the spool is full and ``when_full`` is ``block``; returns False
-        (keeping nothing) if ``stop`` is set while waiting.
+        (keeping nothing) if ``stop`` is set while waiting. Raises StateError, keeping
+        nothing, while the spool takes no new events (a full disk); a checkpoint alone
+        (no events to keep) is still written then.
         """
-        wanted = self._codes.get(target, "") if target else "".join(self._codes.values())
+        wanted = (
+            self._ledger.codes.get(target, "") if target else "".join(self._ledger.codes.values())
+        )
         types, body, starts = segment.keeping(wanted) if segment else ("", b"", b"")
-        now = time.time()
+        incoming = ingest.Incoming(source, types, body, starts, checkpoint, target, time.time())
+        drop = self.when_full == "drop_oldest"
+        waiting = False
         with self._changed:
-            if types and not self._make_room(len(body), stop):
-                return False
-            with self._transaction():
-                if types:
-                    self._db.execute(
-                        "INSERT INTO segments (count, types, body, starts, created, target)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        (len(types), types, body, starts, now, target),
+            while True:
+                self._check_open()
+                if types and not drop and not self._room_for(incoming):
+                    kept = False
+                else:
+                    kept, change = self._db.write(
+                        lambda db: ingest.keep(db, self._ledger, self.budget, drop, incoming),
+                        new_events=bool(types),
                     )
-                if checkpoint is not None:
-                    self._write_checkpoint(source, checkpoint, now)
-            if types:
-                self._bytes += len(body)
-                self._newest_known = self._newest_seq()
-                for name, codes in self._codes.items():
-                    if target in (None, name):
-                        self._backlog[name] += sum(types.count(code) for code in codes)
-                self._changed.notify_all()
-        return True
+                    self._apply(change)
+                if kept:
+                    if types:
+                        self._changed.notify_all()
+                    return True
+                if not waiting:
+                    waiting = True
+                    log.warning(
+                        "The spool is full; sources wait until webhooks deliver",
+                        extra=fields(spool_bytes=self._ledger.held_bytes, max_bytes=self.max_bytes),
+                    )
+                if stop is not None and stop.is_set():
+                    return False
+                self._changed.wait(FULL_WAIT)
+                if self._closed:
+                    return False
 
     def checkpoints(self, source: str) -> dict[str, Checkpoint]:
         """The checkpoints of one source, by file identity."""
         with self._lock:
             self._check_open()
-            rows = self._db.execute(
-                "SELECT key, path, offset, fingerprint FROM checkpoints WHERE source = ?",
-                (source,),
-            ).fetchall()
-        return {key: Checkpoint(key, path, offset, bytes(fp)) for key, path, offset, fp in rows}
+            return self._db.read(lambda db: ingest.read_checkpoints(db, source))
 
     def forget_checkpoints(self, source: str, keys: Iterable[str]) -> None:
         """Drop the checkpoints of files that are gone for good."""
-        with self._lock, self._transaction():
-            self._db.executemany(
-                "DELETE FROM checkpoints WHERE source = ? AND key = ?",
-                [(source, key) for key in keys],
-            )
+        keys = list(keys)
+        with self._lock:
+            self._check_open()
+            self._db.write(lambda db: ingest.forget_checkpoints(db, source, keys))
 
     # -- sinks ------------------------------------------------------------------------
 
@@ -184,7 +200,7 @@ class Spool:
         or for ``stop`` (see ``wake``)."""
         with self._changed:
             return self._changed.wait_for(
-                lambda: self._closed or stop.is_set() or self._backlog.get(webhook, 0) > 0,
+                lambda: self._closed or stop.is_set() or self._ledger.backlog.get(webhook, 0) > 0,
                 timeout,
             )
 
@@ -202,106 +218,102 @@ class Spool:
         """Form and record the next batch: the oldest pending events of the webhook's
         types, as one JSON array within the limits (one event always fits)."""
         with self._lock:
-            codes = self._codes.get(webhook)
+            codes = self._ledger.codes.get(webhook)
             if not codes or self._closed:
                 return None
-            start = self._cursors[webhook]
-            body, end, counts = self._gather(webhook, start, None, codes, max_events, max_bytes)
+            start = self._ledger.cursors[webhook]
+            body, end, counts = self._db.read(
+                lambda db: self._segments.gather(
+                    db, webhook, start, None, codes, max_events, max_bytes
+                )
+            )
             if not counts:
                 if end != start:  # only events of other types: step over them
-                    self._move_cursor(webhook, end, 0)
+                    self._apply(
+                        self._db.write(
+                            lambda db: cursors.move_cursor(db, self._ledger, webhook, end)
+                        )
+                    )
                 return None
             batch = Batch(new_webhook_id(), start, end, codes, body, counts, time.time(), 0)
-            self._record(webhook, batch)
+            self._db.write(lambda db: cursors.record_batch(db, webhook, batch))
             return batch
 
     def open_batch(self, webhook: str) -> Batch | None:
         """The batch ``webhook`` has in flight, from this run or an earlier one."""
         with self._lock:
             self._check_open()
-            row = self._db.execute(
-                "SELECT webhook_id, start_position, end_position, codes, body, type_counts,"
-                " created, attempts FROM batches WHERE webhook = ?",
-                (webhook,),
-            ).fetchone()
-            if row is None:
-                return None
-            webhook_id, start, end, codes, body, counts, created, attempts = row
-            if body is None:
-                body, _, _ = self._gather(webhook, start, end, codes, 1 << 30, 1 << 62)
-            return Batch(
-                webhook_id,
-                start,
-                end,
-                codes,
-                bytes(body),
-                parse_counts(counts),
-                created,
-                attempts,
-            )
+            return self._db.read(lambda db: self._segments.read_batch(db, webhook))
 
     def count_attempt(self, webhook: str) -> None:
-        with self._lock, self._transaction():
-            self._db.execute(
-                "UPDATE batches SET attempts = attempts + 1 WHERE webhook = ?", (webhook,)
+        with self._lock:
+            self._check_open()
+            self._db.write(
+                lambda db: db.execute(
+                    "UPDATE batches SET attempts = attempts + 1 WHERE webhook = ?", (webhook,)
+                )
             )
 
     def finish_batch(self, webhook: str, batch: Batch) -> None:
-        """The batch was delivered or dead-lettered: drop it and move the cursor past it."""
+        """The batch was delivered or dead-lettered: in one transaction, drop it, move
+        the cursor past it and delete what every webhook has passed. Finishing a batch
+        already finished changes nothing."""
         with self._changed:
-            self._move_cursor(webhook, batch.end_position, batch.count)
+            self._check_open()
+            change = self._db.write(
+                lambda db: cursors.finish_batch(db, self._ledger, webhook, batch)
+            )
+            self._apply(change)
             self._changed.notify_all()
 
+    # -- health and observing -----------------------------------------------------------
+
     def probe(self) -> None:
-        """After a failed write, try a small one, so readiness comes back by itself when
-        space returns even if nothing else needs writing."""
-        with self._lock:
-            if self.writable or self._closed:
+        """While new events are refused, see whether the spool can take them again (the
+        agent's gauge thread calls this every second)."""
+        with self._changed:
+            if self._closed:
                 return
-            try:
-                with self._transaction():
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (str(time.time()),)
-                    )
-            except StateError:
-                return  # still full; readiness stays off
+            was = self._db.accepting
+            self._db.probe()
+            if self._db.accepting and not was:
+                self._changed.notify_all()
 
     def refresh(self) -> None:
         """Notice segments another process added (``tailhook dead-letter replay``)."""
         with self._changed:
             if self._closed:
                 return
-            newest = self._newest_seq()
-            if newest == self._newest_known:
+            newest = self._db.read(cursors.newest_seq)
+            if newest == self._ledger.newest_seq:
                 return
-            self._newest_known = newest
-            row = self._db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM segments")
-            self._bytes = int(row.fetchone()[0])
-            self._backlog = {name: self._count_pending(name) for name in self._codes}
-            self._changed.notify_all()
 
-    # -- observing --------------------------------------------------------------------
+            def count(db: sqlite3.Connection) -> tuple[int, dict[str, int]]:
+                ledger = self._ledger
+                backlog = {
+                    name: cursors.count_pending(db, name, codes, ledger.cursors[name])
+                    for name, codes in ledger.codes.items()
+                }
+                return cursors.held_bytes(db), backlog
+
+            held, backlog = self._db.read(count)
+            self._ledger.newest_seq, self._ledger.held_bytes = newest, held
+            self._ledger.backlog = backlog
+            self._changed.notify_all()
 
     def backlog(self, webhook: str) -> int:
         with self._lock:
-            return self._backlog.get(webhook, 0)
+            return self._ledger.backlog.get(webhook, 0)
 
     def update_gauges(self) -> None:
         """Refresh the spool and per-webhook backlog gauges."""
-        now = time.time()
         with self._lock:
-            if self._closed:
-                return
-            self._metrics.spool_bytes.set(self._bytes)
-            for name in self._codes:
-                self._metrics.backlog.labels(webhook=name).set(self._backlog[name])
-                oldest = self._oldest_pending(name)
-                age = 0.0 if oldest is None else max(0.0, now - oldest)
-                self._metrics.oldest_age.labels(webhook=name).set(age)
+            if not self._closed:
+                update_gauges(self._metrics, self._db, self._ledger, time.time())
 
     @property
     def held_bytes(self) -> int:
-        return self._bytes
+        return self._ledger.held_bytes
 
     def close(self) -> None:
         with self._changed:
@@ -313,236 +325,24 @@ class Spool:
 
     # -- internals (the lock is held) -------------------------------------------------
 
-    def _transaction(self) -> Transaction:
-        self._check_open()
-        return Transaction(self._db, self._wrote)
-
-    def _wrote(self, ok: bool) -> None:
-        if ok != self.writable:
-            self.writable = ok
-            if ok:
-                log.warning("The spool can be written again")
-
     def _check_open(self) -> None:
         if self._closed:
             raise StateError("the spool is closed")
 
-    def _newest_seq(self) -> int:
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'segments'")
-        found = row.fetchone()
-        return int(found[0]) if found else 0
-
-    def _segment(self, seq: int) -> StoredSegment | None:
-        cached = self._cache.get(seq)
-        if cached is not None:
-            return cached
-        row = self._db.execute(
-            "SELECT types, body, starts, created, target FROM segments WHERE seq = ?", (seq,)
-        ).fetchone()
-        if row is None:
-            return None
-        types, body, starts, created, target = row
-        segment = StoredSegment.load(types, bytes(body), bytes(starts), created, target)
-        if len(self._cache) >= CACHED_SEGMENTS:
-            del self._cache[min(self._cache)]
-        self._cache[seq] = segment
-        return segment
-
-    def _gather(
-        self,
-        webhook: str,
-        start: int,
-        end: int | None,
-        codes: str,
-        max_events: int,
-        max_bytes: int,
-    ) -> tuple[bytes, int, dict[str, int]]:
-        """The body of the events of types ``codes`` from position ``start``: up to
-        ``end`` when given (rebuilding a recorded batch), else within the limits.
-        Returns the body, the position after the last event looked at, and the count
-        per type."""
-        parts: list[bytes] = []
-        taken = 0
-        size = 1  # "[", then each event with the "," or "]" after it
-        counts: dict[str, int] = {}
-        seq, index = start >> INDEX_BITS, start & INDEX_MASK
-        reached = start
-        while taken < max_events and (end is None or reached < end):
-            segment = self._segment(seq)
-            if segment is None:
-                break
-            stop = segment.count
-            if end is not None and seq == end >> INDEX_BITS:
-                stop = end & INDEX_MASK
-            runs: list[bytes]
-            if segment.target is not None and segment.target != webhook:
-                runs, after = [], stop  # another webhook's replay
-            else:
-                runs, after = segment.take(
-                    index, stop, codes, max_events - taken, max_bytes - size, first=not parts
-                )
-            for code in codes if runs else ():
-                n = segment.types.count(code, index, after)
-                if n:
-                    counts[CODE_TYPES[code]] = counts.get(CODE_TYPES[code], 0) + n
-                    taken += n
-            parts.extend(runs)
-            size += sum(len(run) + 1 for run in runs)
-            if after < segment.count:
-                reached = position(seq, after)
-                if end is None or after < stop or reached >= end:
-                    break
-            else:
-                reached = position(seq + 1, 0)
-            seq, index = seq + 1, 0
-        return b"[" + b",".join(parts) + b"]", reached, counts
-
-    def _record(self, webhook: str, batch: Batch) -> None:
-        with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)",
-                (
-                    webhook,
-                    batch.webhook_id,
-                    batch.start_position,
-                    batch.end_position,
-                    batch.codes,
-                    format_counts(batch.type_counts),
-                    batch.created,
-                    batch.attempts,
-                ),
-            )
-
-    def _move_cursor(self, webhook: str, end: int, delivered: int) -> None:
-        with self._transaction():
-            self._db.execute("DELETE FROM batches WHERE webhook = ?", (webhook,))
-            self._db.execute(
-                "UPDATE cursors SET position = MAX(position, ?) WHERE webhook = ?",
-                (end, webhook),
-            )
-        if webhook in self._cursors:
-            self._cursors[webhook] = max(self._cursors[webhook], end)
-            self._backlog[webhook] = max(0, self._backlog[webhook] - delivered)
-        self._collect_garbage()
-
-    def _keep_bodies_before(self, limit: int) -> None:
-        """Store the body of every batch in flight that starts before ``limit``: the
-        segments it is rebuilt from are about to go."""
-        rows = self._db.execute(
-            "SELECT webhook, start_position, end_position, codes FROM batches"
-            " WHERE body IS NULL AND start_position < ?",
-            (limit,),
-        ).fetchall()
-        for webhook, start, end, codes in rows:
-            body, _, _ = self._gather(webhook, start, end, codes, 1 << 30, 1 << 62)
-            self._db.execute("UPDATE batches SET body = ? WHERE webhook = ?", (body, webhook))
-
-    def _count_pending(self, webhook: str) -> int:
-        codes, cursor = self._codes[webhook], self._cursors[webhook]
-        total = 0
-        rows = self._db.execute(
-            "SELECT seq, types FROM segments WHERE seq >= ? AND COALESCE(target, ?) = ?",
-            (cursor >> INDEX_BITS, webhook, webhook),
-        )
-        for seq, types in rows.fetchall():
-            start = cursor & INDEX_MASK if seq == cursor >> INDEX_BITS else 0
-            total += sum(types.count(code, start) for code in codes)
-        return total
-
-    def _oldest_pending(self, webhook: str) -> float | None:
-        if not self._backlog[webhook]:
-            return None
-        cursor = self._cursors[webhook]
-        row = self._db.execute(
-            "SELECT created FROM segments WHERE seq >= ? ORDER BY seq LIMIT 1",
-            (cursor >> INDEX_BITS,),
-        ).fetchone()
-        return None if row is None else float(row[0])
-
-    def _write_checkpoint(self, source: str, checkpoint: Checkpoint, now: float) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                source,
-                checkpoint.key,
-                checkpoint.path,
-                checkpoint.offset,
-                checkpoint.fingerprint,
-                now,
-            ),
-        )
-
-    def _collect_garbage(self) -> None:
-        """Delete the segments every enabled webhook has passed (all, if none is enabled)."""
-        floor = min(self._cursors.values(), default=position(self._newest_seq() + 1, 0))
-        self._delete_before(floor >> INDEX_BITS)
-
-    def _delete_before(self, seq: int) -> int:
-        """Delete every segment older than ``seq``; returns the bytes freed."""
-        with self._transaction():
-            row = self._db.execute(
-                "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM segments WHERE seq < ?", (seq,)
-            ).fetchone()
-            if row[0]:
-                self._db.execute("DELETE FROM segments WHERE seq < ?", (seq,))
-        for cached in [s for s in self._cache if s < seq]:
-            del self._cache[cached]
-        freed = int(row[0])
-        self._bytes -= freed
-        self._metrics.spool_bytes.set(self._bytes)
-        return freed
-
-    def _make_room(self, size: int, stop: threading.Event | None) -> bool:
-        if self._bytes + size <= self.max_bytes or self._bytes == 0:
+    def _room_for(self, incoming: ingest.Incoming) -> bool:
+        if not self._ledger.held_bytes:
             return True
-        if self.when_full == "drop_oldest":
-            self._drop_oldest(self._bytes + size - self.max_bytes)
-            return True
-        log.warning(
-            "The spool is full; sources wait until webhooks deliver",
-            extra=fields(spool_bytes=self._bytes, max_bytes=self.max_bytes),
-        )
-        while self._bytes + size > self.max_bytes and self._bytes > 0:
-            if self._closed or (stop is not None and stop.is_set()):
-                return False
-            self._changed.wait(0.5)
-        return True
+        need = self.budget.room_needed(incoming.record_bytes)
+        return self._db.read(lambda db: has_room(db, self.budget, need))
 
-    def _drop_oldest(self, need: int) -> None:
-        """Discard the oldest segments until ``need`` bytes are free; count the events
-        that some webhook had not yet delivered."""
-        freed = dropped = 0
-        rows = self._db.execute(
-            "SELECT seq, types, target, LENGTH(body) FROM segments ORDER BY seq"
-        )
-        doomed = []
-        for seq, types, target, length in rows.fetchall():
-            if freed >= need:
-                break
-            doomed.append((seq, types, target))
-            freed += length
-        if not doomed:
-            return
-        for seq, types, target in doomed:
-            for index, code in enumerate(types):
-                here = position(seq, index)
-                waiting = [
-                    name
-                    for name, codes in self._codes.items()
-                    if code in codes and here >= self._cursors[name] and target in (None, name)
-                ]
-                dropped += bool(waiting)
-                for name in waiting:
-                    self._backlog[name] -= 1
-        after = position(doomed[-1][0] + 1, 0)
-        self._keep_bodies_before(after)
-        for name in self._cursors:
-            if self._cursors[name] < after:
-                self._cursors[name] = after
-                self._db.execute("UPDATE cursors SET position = ? WHERE webhook = ?", (after, name))
-        self._delete_before(after >> INDEX_BITS)
-        self._metrics.spool_dropped.inc(dropped)
-        log.error(
-            "The spool is full; dropped the oldest undelivered events",
-            extra=fields(dropped=dropped, max_bytes=self.max_bytes),
-        )
+    def _apply(self, change: Change) -> None:
+        """Bring the ledger up to a change that has committed."""
+        self._ledger.apply(change)
+        self._segments.forget(change.deleted)
+        self._metrics.spool_bytes.set(self._ledger.held_bytes)
+        if change.dropped:
+            self._metrics.spool_dropped.inc(change.dropped)
+            log.error(
+                "The spool is full; dropped the oldest undelivered events",
+                extra=fields(dropped=change.dropped, max_bytes=self.max_bytes),
+            )
