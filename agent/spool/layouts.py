@@ -121,24 +121,22 @@ MIGRATED_SEGMENT_EVENTS = 1000
 def _from_rows_per_event(db: sqlite3.Connection) -> str:
     db.execute(TABLES[0])
     numbers: list[int] = []  # every event's old number, in order
-    found = db.execute("SELECT seq, type, body, created FROM events ORDER BY seq").fetchall()
-    for first in range(0, len(found), MIGRATED_SEGMENT_EVENTS):
-        rows = found[first : first + MIGRATED_SEGMENT_EVENTS]
-        bodies = [bytes(body) for _, _, body, _ in rows]
-        body = b"\n".join(bodies)
+    rows = db.execute("SELECT seq, type, body, created FROM events ORDER BY seq")
+    while chunk := rows.fetchmany(MIGRATED_SEGMENT_EVENTS):
+        body = b"\n".join(bytes(event) for _, _, event, _ in chunk)
         db.execute(
             "INSERT INTO segments (seq, count, types, body, created, starts, target)"
             " VALUES (?, ?, ?, ?, ?, ?, NULL)",
             (
-                first // MIGRATED_SEGMENT_EVENTS + 1,
-                len(rows),
-                "".join(TYPE_CODES[kind] for _, kind, _, _ in rows),
+                len(numbers) // MIGRATED_SEGMENT_EVENTS + 1,
+                len(chunk),
+                "".join(TYPE_CODES[kind] for _, kind, _, _ in chunk),
                 body,
-                rows[0][3],
+                chunk[0][3],
                 offsets_to_bytes(event_starts(body)),
             ),
         )
-        numbers.extend(seq for seq, _, _, _ in rows)
+        numbers.extend(seq for seq, _, _, _ in chunk)
 
     def after(last_delivered: int) -> int:
         """The position of the first event numbered above ``last_delivered``."""
