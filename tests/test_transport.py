@@ -258,3 +258,23 @@ def test_max_elapsed_ends_a_connect_that_hangs(
     with running_sinks(tmp_path, [hook], [hit(1)]) as run:
         assert expired_within(run, 3.0) < 1.6
         assert count(run, "tailhook_webhook_requests_total", code="timeout") == 1
+
+
+def test_an_answer_sent_before_the_body_was_read_is_still_read() -> None:
+    # A server refusing a body too large answers as soon as it has the head, and closes
+    # with the body unread: sending fails (a reset), but its answer is there to read.
+    def serve(conn: RawConnection) -> None:
+        conn.sock.settimeout(5)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.sock.recv(65536)
+        conn.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+        conn.hold(0.3)
+
+    with RawServer(serve) as server:
+        transport = Transport(webhook(server.url))
+        try:
+            answer = transport.send(b"x" * (16 << 20), HEADERS)
+        finally:
+            transport.close()
+    assert (answer.status, answer.body_head) == (413, b"too big!")

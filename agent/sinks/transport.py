@@ -26,6 +26,7 @@ through urllib3's pool before; arming and disarming the watchdog ~2 µs of it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import select
 import socket
@@ -119,7 +120,9 @@ class Transport:
         response: http.client.HTTPResponse | None = None
         kept = False
         try:
-            conn.request(self.config.method, self._target, body=body, headers=headers)
+            # The server may have answered early (a 413) and closed: its answer is read.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                conn.request(self.config.method, self._target, body=body, headers=headers)
             response = conn.getresponse()
             head, whole = _read_body(response)
             kept = whole and not response.will_close and response.status >= 200
