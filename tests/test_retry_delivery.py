@@ -214,7 +214,9 @@ def test_a_batch_past_max_elapsed_is_dead_lettered_as_expired(tmp_path: Path) ->
             time.sleep(0.3)
             assert dead_lettered(run, "expired") == 3  # counts events, not batches
             assert dead_lettered(run, "rejected") == 0
-            assert requests_with(run, "503") == len(down.requests)
+            # the last attempt may be cut at expiry, before its answer came
+            answered = requests_with(run, "503") + requests_with(run, "timeout")
+            assert answered == len(down.requests)
             assert run.spool.backlog("soc") == 0
             count = len(down.requests)
             time.sleep(0.2)
@@ -225,7 +227,7 @@ def test_a_batch_past_max_elapsed_is_dead_lettered_as_expired(tmp_path: Path) ->
     span = requests[-1].received_monotonic - requests[0].received_monotonic
     # Retried until it expired (backoff 0.05-0.2 s), and no attempt began past
     # max_elapsed: a pause ends at expiry at the latest, and the batch is dead then.
-    assert 0.6 <= span < 1.0, span
+    assert 0.6 <= span < 1.05, span
     ids = {r.headers["webhook-id"] for r in requests}
     assert len(ids) == 1 and len({r.body for r in requests}) == 1
 

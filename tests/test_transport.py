@@ -4,6 +4,7 @@ keep-alive the server ends, an attempt cut by ``retry.max_elapsed`` (CONTRACT §
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import replace
@@ -22,7 +23,7 @@ from tests.support.netfaults import (
     RawServer,
     SilentServer,
 )
-from tests.support.receiver import TLSMaterial, server_context
+from tests.support.receiver import Receiver, Response, TLSMaterial, sequence, server_context
 
 ALL = frozenset({"hit", "vulnerability", "system", "scope"})
 ONE_EACH = BatchConfig(max_events=1, max_wait=0.01)
@@ -278,3 +279,23 @@ def test_an_answer_sent_before_the_body_was_read_is_still_read() -> None:
         finally:
             transport.close()
     assert (answer.status, answer.body_head) == (413, b"too big!")
+
+
+def test_an_attempt_cut_at_expiry_leaves_the_last_answer_in_the_dead_letter(
+    tmp_path: Path,
+) -> None:
+    retry = RetryConfig(initial_backoff=0.05, max_backoff=0.2, max_elapsed=1.0)
+    busy = Response(503, body=b"busy, try later")
+    with Receiver(sequence(busy, then=Response(200, delay=10))) as receiver:
+        hook = webhook(receiver.url, request_timeout=30, retry=retry)
+        with running_sinks(tmp_path, [hook], [hit(1)]) as run:
+            assert expired_within(run, 3.0) < 1.6
+            assert count(run, "tailhook_webhook_requests_total", code="timeout") == 1
+        assert len(receiver.requests) == 2
+    (line,) = (tmp_path / "dead-letter" / "soc.jsonl").read_bytes().splitlines()
+    letter = json.loads(line)
+    assert (letter["reason"], letter["status"], letter["response"]) == (
+        "expired",
+        503,
+        "busy, try later",
+    )

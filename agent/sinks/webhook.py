@@ -165,12 +165,11 @@ class WebhookSink(Worker):
         # Expired before its delivery began (recorded long ago): one whole attempt first.
         last_chance = time.time() >= expires
         attempt = batch.attempts
-        status: int | None = None
-        head = b""
+        reported: tuple[int | None, bytes] = (None, b"")  # the answer an expiry reports
         tried_since_stop = False
         while not self.halted:
             if not last_chance and time.time() >= expires:
-                return self._dead(batch, "expired", status, head)
+                return self._dead(batch, "expired", *reported)
             if self.stopping:
                 if tried_since_stop:
                     return None
@@ -188,8 +187,11 @@ class WebhookSink(Worker):
             head = answer.body_head if answer else b""
             if verdict is Verdict.PERMANENT:
                 return self._dead(batch, "rejected", status, head)
-            if last_chance or time.time() >= expires:
-                return self._dead(batch, "expired", status, head)
+            expired = last_chance or time.time() >= expires
+            if answer is not None or not expired:
+                reported = (status, head)  # an attempt cut at expiry keeps the last answer
+            if expired:
+                return self._dead(batch, "expired", *reported)
             delay = self._backoff(attempt, answer)
             self._log_failure(batch, status, error, attempt, delay)
             if self.stopping and tried_since_stop:
