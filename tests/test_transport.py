@@ -14,7 +14,7 @@ import pytest
 
 from agent.config import BatchConfig, RetryConfig, TLSConfig, WebhookConfig
 from agent.errors import DeliveryError
-from agent.sinks.transport import Transport
+from agent.sinks.transport import BODY_READ_LIMIT, Transport
 from agent.spool import NewSegment
 from tests.delivery_support import Running, hit, running_sinks
 from tests.support.netfaults import (
@@ -183,6 +183,36 @@ def test_an_answer_cut_short_is_never_read_by_the_next_request(tmp_path: Path) -
             assert count(run, "tailhook_webhook_requests_total", code="timeout") == 1
             assert count(run, "tailhook_webhook_requests_total", code="connection") == 0
             assert count(run, "tailhook_webhook_requests_total", code="200") == 1
+        assert [len(conn.requests) for conn in server.connections] == [1, 1]
+
+
+def test_an_answer_left_unread_is_never_read_by_the_next_request() -> None:
+    # A 2 MiB answer body, of which the server sends only what the transport reads
+    # (past 1 MiB it stops), then waits: nothing is left to read on the connection, yet
+    # the answer is not over, and the next request must not go over that connection.
+    limit = BODY_READ_LIMIT + 1
+    rest = 2 * BODY_READ_LIMIT - limit
+
+    def serve(conn: RawConnection) -> None:
+        if conn.number > 1:
+            while conn.read_request() is not None:
+                conn.send(OK)
+            return
+        conn.read_request()
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 * BODY_READ_LIMIT)
+        conn.send(head + b"x" * limit)
+        if conn.read_request(timeout=5) is not None:
+            conn.send(b"y" * rest + OK)
+
+    with RawServer(serve) as server:
+        transport = Transport(webhook(server.url))
+        try:
+            first = transport.send(b"[1]", HEADERS)
+            second = transport.send(b"[2]", HEADERS)
+        finally:
+            transport.close()
+        assert (first.status, first.body_head[:3]) == (200, b"xxx")
+        assert (second.status, second.body_head) == (200, b"ok")
         assert [len(conn.requests) for conn in server.connections] == [1, 1]
 
 
