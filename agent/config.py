@@ -10,7 +10,9 @@ Values become: durations float seconds, sizes int bytes (``parse_duration``,
 ``parse_size``), ``socket_mode`` an int (``"0660"`` -> 0o660), ``metrics.listen`` a
 ``MetricsConfig``, ``signing.secret`` a one-secret ``SigningConfig``, ``headers`` a tuple
 of pairs, ``events`` a frozenset, ``state_dir`` a Path, ``console_url`` without a trailing
-slash. ``tls.cert_file`` alone is allowed (the PEM file then holds the key too).
+slash. ``tls.cert_file`` alone is allowed (the PEM file then holds the key too). A webhook
+URL's ``user:password@`` part leaves the URL and becomes an ``Authorization: Basic``
+header (percent-decoded).
 
 Reading and paths: ``agent.config_document``; units and the rules a schema cannot say:
 ``agent.config_rules``.
@@ -35,6 +37,7 @@ from agent.config_rules import (
     parse_listen_address,
     parse_size,
     rule_problems,
+    split_userinfo,
 )
 from agent.errors import ConfigError, Problem
 from agent.schemas import python_validator
@@ -256,14 +259,20 @@ def _build_webhook(raw: dict[str, Any]) -> WebhookConfig:
     def signing(keys: Mapping[str, Any]) -> SigningConfig:
         return SigningConfig(tuple(keys["secrets"]) if "secrets" in keys else (keys["secret"],))
 
+    # A user:password@ in the URL becomes an Authorization header (and leaves the URL, so
+    # that no repr or log of it carries the password).
+    url, basic = split_userinfo(raw["url"])
+    headers = tuple(raw.get("headers", {}).items())
+    if basic is not None:
+        headers += (("Authorization", basic),)
     return WebhookConfig(
         events=frozenset(raw["events"]),
+        url=url,
+        headers=headers,
         **_fields(
             raw,
             name=_as_is,
-            url=_as_is,
             method=_as_is,
-            headers=lambda headers: tuple(headers.items()),
             tls=lambda tls: TLSConfig(**tls),
             request_timeout=parse_duration,
             connect_timeout=parse_duration,

@@ -5,11 +5,13 @@ Units: ``parse_duration`` (seconds, or ``250ms``/``15s``/``5m``/``24h``), ``pars
 powers of 1000) and ``parse_listen_address`` (``HOST:PORT``, ``[::1]:PORT``).
 
 Rules (``rule_problems``): webhook URLs (http or https with a host; https unless the host is
-loopback or ``allow_http: true``), duplicate source and webhook names, readable TLS files,
-``key_file`` only with ``cert_file``, timeouts and ``initial_backoff`` more than 0,
-``initial_backoff`` not past ``max_backoff``, ``max_line_bytes`` at least 1 KiB, headers
-tailhook sets itself, header values without line breaks, a ``whsec_`` signing secret
-holding base64. They run on the raw data beside the schema, so one load reports every
+loopback or ``allow_http: true``; a ``user:password@`` part only without an
+``Authorization`` header, since it becomes one: ``split_userinfo``), duplicate source and
+webhook names, readable TLS files, ``key_file`` only with ``cert_file``, timeouts and
+``initial_backoff`` more than 0, ``initial_backoff`` not past ``max_backoff``,
+``max_line_bytes`` at least 1 KiB, headers tailhook sets itself, header values without
+line breaks and in Latin-1 (all HTTP can carry), a ``whsec_`` signing secret holding
+base64. They run on the raw data beside the schema, so one load reports every
 problem; where the schema already refused a value, its problem is the one reported.
 Header values, secrets and URLs are never quoted in a message.
 """
@@ -23,7 +25,7 @@ import math
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 from agent.config_document import Loc, Located
 
@@ -106,11 +108,26 @@ def rule_problems(data: dict[str, Any]) -> list[Located]:
     return out + _duplicate_names("sources", sources) + _duplicate_names("webhooks", webhooks)
 
 
+def split_userinfo(url: str) -> tuple[str, str | None]:
+    """The URL without its ``user:password@`` part, and that part as the value of an
+    ``Authorization: Basic`` header (percent-decoded, UTF-8, as RFC 7617 suggests), or
+    None when the URL has none."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    user, _, password = userinfo.partition(":")
+    credentials = unquote_to_bytes(user) + b":" + unquote_to_bytes(password)
+    stripped = urlunsplit(parts._replace(netloc=hostport))
+    return stripped, "Basic " + base64.b64encode(credentials).decode("ascii")
+
+
 def _webhook_problems(loc: Loc, webhook: dict[str, Any]) -> list[Located]:
     out: list[Located] = []
     if isinstance(webhook.get("url"), str):
         allow_http = webhook.get("allow_http") is True
         out += _url_problems((*loc, "url"), webhook["url"], https_only=not allow_http)
+        out += _userinfo_problems((*loc, "url"), webhook["url"], _mapping(webhook.get("headers")))
     for key in ("request_timeout", "connect_timeout"):
         _duration(out, (*loc, key), webhook.get(key), positive=True)
     batch, retry = _mapping(webhook.get("batch")), _mapping(webhook.get("retry"))
@@ -137,6 +154,25 @@ def _tls_problems(loc: Loc, tls: dict[str, Any]) -> list[Located]:
     return out
 
 
+def _userinfo_problems(loc: Loc, url: str, headers: dict[str, Any]) -> list[Located]:
+    # Never quote the URL or the credentials.
+    try:
+        userinfo, at, _ = urlsplit(url).netloc.rpartition("@")
+    except ValueError:
+        return []  # reported by _url_problems
+    if not at:
+        return []
+    if not userinfo:
+        return [(loc, "has an empty user:password@ part")]
+    if any(name.lower() == "authorization" for name in headers):
+        reason = (
+            "has a user:password@ part, which becomes an Authorization header, and headers"
+            " set Authorization too: give the credentials once"
+        )
+        return [(loc, reason)]
+    return []
+
+
 def _header_problems(loc: Loc, headers: dict[str, Any]) -> list[Located]:
     # Values may be credentials: a problem with one never quotes it.
     out: list[Located] = []
@@ -148,6 +184,9 @@ def _header_problems(loc: Loc, headers: dict[str, Any]) -> list[Located]:
             out.append(((*loc, name), "is given twice (header names ignore case)"))
         elif isinstance(value, str) and _CONTROL.search(value):
             out.append(((*loc, name), "value must not contain line breaks or control characters"))
+        elif isinstance(value, str) and not _is_latin1(value):
+            reason = "value must be Latin-1 text: HTTP cannot send other characters in a header"
+            out.append(((*loc, name), reason))
         seen.add(name.lower())
     return out
 
@@ -188,6 +227,10 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _is_latin1(text: str) -> bool:
+    return all(ord(char) < 0x100 for char in text)
 
 
 def _is_webhook_secret(secret: str) -> bool:

@@ -85,6 +85,16 @@ def test_retry_after_in_seconds_is_honoured(tmp_path: Path) -> None:
     assert requests[0].body == requests[1].body
 
 
+@pytest.mark.parametrize("name", ["retry-after", "RETRY-AFTER"])
+def test_retry_after_is_found_whatever_the_case_of_its_name(tmp_path: Path, name: str) -> None:
+    with Receiver(sequence(Response(503, headers={name: "1"}), then=200)) as busy:
+        with running_sinks(tmp_path, [webhook(busy.url, retry=TINY_BACKOFF)], [hit(1)]) as run:
+            assert busy.wait_for(2, timeout=5)
+            wait_until(lambda: delivered(run) == 1, 2, "the delivery to be counted")
+        requests = busy.requests
+    assert 0.95 <= gap(requests) < 2.0, gap(requests)
+
+
 def test_retry_after_beyond_max_backoff_is_capped(tmp_path: Path) -> None:
     first = Response(429, headers={"Retry-After": "3600"})
     with Receiver(sequence(first, then=200)) as limited:
@@ -204,7 +214,9 @@ def test_a_batch_past_max_elapsed_is_dead_lettered_as_expired(tmp_path: Path) ->
             time.sleep(0.3)
             assert dead_lettered(run, "expired") == 3  # counts events, not batches
             assert dead_lettered(run, "rejected") == 0
-            assert requests_with(run, "503") == len(down.requests)
+            # the last attempt may be cut at expiry, before its answer came
+            answered = requests_with(run, "503") + requests_with(run, "timeout")
+            assert answered == len(down.requests)
             assert run.spool.backlog("soc") == 0
             count = len(down.requests)
             time.sleep(0.2)
@@ -213,7 +225,9 @@ def test_a_batch_past_max_elapsed_is_dead_lettered_as_expired(tmp_path: Path) ->
 
     assert len(requests) >= 2  # retried before it expired
     span = requests[-1].received_monotonic - requests[0].received_monotonic
-    assert 0.9 <= span < 1.8, span
+    # Retried until it expired (backoff 0.05-0.2 s), and no attempt began past
+    # max_elapsed: a pause ends at expiry at the latest, and the batch is dead then.
+    assert 0.6 <= span < 1.05, span
     ids = {r.headers["webhook-id"] for r in requests}
     assert len(ids) == 1 and len({r.body for r in requests}) == 1
 

@@ -4,33 +4,56 @@ The loop: take the batch in flight from the spool (a restart leaves one there), 
 a new one within ``max_events``/``max_bytes``/``max_wait`` and record it before its
 first attempt; send it, with the same body and ``webhook-id`` on every attempt, until it
 is delivered, refused for good, or older than ``retry.max_elapsed``; then let the spool
-move this webhook's cursor past it. Each webhook has its own thread, connection pool and
+move this webhook's cursor past it. Each webhook has its own thread, connection and
 cursor, so one slow or dead receiver never holds up another.
+
+Once the receiver has decided (delivered, or refused for good: a dead letter), the
+outcome is kept in memory until it is recorded: the dead letter written, then the
+spool's cursor moved. If either write fails (a full disk, a locked spool), only the
+write is retried, after a pause; the batch is never sent again for it. Only a stop
+before the spool could record it leaves the batch to be sent once more at the next
+start, under the same ``webhook-id``.
+
+Time limits: each attempt ends by ``request_timeout``, or sooner when the batch reaches
+``retry.max_elapsed`` (then it is dead-lettered as ``expired``), except for a batch that
+was already that old when its delivery began (one recorded long ago, found at start):
+it gets one whole attempt first.
+
+Stopping with a deadline (``shutdown_timeout``): a batch in backoff stays in backoff,
+and at most one attempt begins after the stop; if that fails too, the batch is kept for
+the next start and the sink ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent import __version__
 from agent.config import WebhookConfig
-from agent.errors import DeliveryError
-from agent.sinks.deadletter import write_dead_letter
+from agent.errors import DeliveryError, StateError
+from agent.sinks.deadletter import dead_letter_path, write_dead_letter
+from agent.sinks.redaction import Redactor, secret_values
 from agent.sinks.retry import Verdict, backoff_delay, classify_response, parse_retry_after
 from agent.sinks.signing import sign
 from agent.sinks.transport import Answer, Transport
 from agent.spool import Batch, Spool
 from agent.telemetry import Metrics, fields
-from agent.worker import Worker
+from agent.worker import RECOVERY_WAIT, Worker
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"tailhook/{__version__}"
 IDLE_WAIT = 1.0
+#: The first bytes of an answer kept in a dead letter.
+RESPONSE_KEPT_BYTES = 1024
+#: ... and in the log line that reports it.
+RESPONSE_LOGGED_CHARS = 200
 
 
 def request_headers(config: WebhookConfig, webhook_id: str, body: bytes) -> dict[str, str]:
@@ -47,6 +70,23 @@ def request_headers(config: WebhookConfig, webhook_id: str, body: bytes) -> dict
     if config.signing is not None:
         headers["webhook-signature"] = sign(config.signing.secrets, webhook_id, timestamp, body)
     return headers
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str  # rejected | expired
+    status: int | None
+    response: bytes  # the start of the answer's body, header values redacted
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the receiver decided for a batch, kept until the spool has recorded it."""
+
+    batch: Batch
+    letter: DeadLetter | None = None  # None: delivered
+    letter_written: bool = False
+    finishing: bool = False  # the spool was asked to finish it (and may have done so)
 
 
 class WebhookSink(Worker):
@@ -69,8 +109,11 @@ class WebhookSink(Worker):
         self.metrics = metrics
         self.state_dir = state_dir
         self.transport = Transport(config)
+        self._redactor = Redactor(secret_values(config.headers))
         self._rng = rng or random.Random()
         self._duration = metrics.request_duration.labels(webhook=self.name)
+        self._outcome: Outcome | None = None
+        self._letter_failing = False
         self.in_flight = threading.Event()
 
     # -- the loop ---------------------------------------------------------------------
@@ -82,13 +125,21 @@ class WebhookSink(Worker):
         self.transport.close()
 
     def step(self) -> bool:
-        """Deliver the next batch, if one comes; False once draining has nothing left."""
+        """Record the last outcome, or deliver the next batch; False to end (stopping
+        with nothing left to send, or giving up on a failing webhook)."""
         if self.halted:
             return False
+        if self._outcome is not None:
+            self._record(self._outcome)
+            return True
         batch = self.spool.open_batch(self.name) or self._next_batch()
         if batch is None:
             return not self.stopping
-        self._deliver(batch)
+        outcome = self._deliver(batch)
+        if outcome is None:
+            return False  # stopping: the batch stays recorded for the next start
+        self._outcome = outcome
+        self._record(outcome)
         return True
 
     def _next_batch(self) -> Batch | None:
@@ -105,60 +156,58 @@ class WebhookSink(Worker):
             self.spool.wait_change(min(remaining, 0.05))
         return self.spool.next_batch(self.name, limits.max_events, limits.max_bytes)
 
-    def _deliver(self, batch: Batch) -> None:
-        """Attempt ``batch`` until it is finished or the sink stops."""
+    # -- attempts ---------------------------------------------------------------------
+
+    def _deliver(self, batch: Batch) -> Outcome | None:
+        """Attempt ``batch`` until the receiver decides or it expires; None if the sink
+        stops first."""
+        expires = batch.created + self.config.retry.max_elapsed  # wall clock
+        # Expired before its delivery began (recorded long ago): one whole attempt first.
+        last_chance = time.time() >= expires
         attempt = batch.attempts
+        reported: tuple[int | None, bytes] = (None, b"")  # the answer an expiry reports
+        tried_since_stop = False
         while not self.halted:
+            if not last_chance and time.time() >= expires:
+                return self._dead(batch, "expired", *reported)
+            if self.stopping:
+                if tried_since_stop:
+                    return None
+                tried_since_stop = True
             if attempt > 0:
                 self.metrics.retries.labels(webhook=self.name).inc()
             attempt += 1
-            status, answer, error = self._attempt(batch)
+            cut = None if last_chance else time.monotonic() + (expires - time.time())
+            status, answer, error = self._attempt(batch, cut)
             verdict = classify_response(status)
             if verdict is Verdict.DELIVERED:
-                self._finished(batch)
                 for kind, n in batch.type_counts.items():
                     self.metrics.delivered.labels(webhook=self.name, event_type=kind).inc(n)
-                return
+                return Outcome(batch)
             head = answer.body_head if answer else b""
             if verdict is Verdict.PERMANENT:
-                self._dead_letter(batch, "rejected", status, head)
-                return
-            if time.time() - batch.created >= self.config.retry.max_elapsed:
-                self._dead_letter(batch, "expired", status, head)
-                return
-            # Failed attempts are recorded (for the backoff after a restart); a batch
-            # delivered at its first attempt costs no write for it.
-            self.spool.count_attempt(self.name)
-            retry_after = None
-            if answer is not None:
-                retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())
-            delay = backoff_delay(
-                attempt,
-                self.config.retry.initial_backoff,
-                self.config.retry.max_backoff,
-                retry_after,
-                self._rng,
-            )
-            log.warning(
-                "A webhook request failed; retrying",
-                extra=fields(
-                    webhook=self.name,
-                    webhook_id=batch.webhook_id,
-                    status=status,
-                    error=error,
-                    attempt=attempt,
-                    retry_in=round(delay, 3),
-                ),
-            )
-            if not self.pause(delay):
-                return  # stopping: the batch stays recorded for the next start
+                return self._dead(batch, "rejected", status, head)
+            expired = last_chance or time.time() >= expires
+            if answer is not None or not expired:
+                reported = (status, head)  # an attempt cut at expiry keeps the last answer
+            if expired:
+                return self._dead(batch, "expired", *reported)
+            delay = self._backoff(attempt, answer)
+            self._log_failure(batch, status, error, attempt, delay)
+            if self.stopping and tried_since_stop:
+                return None
+            # The pause ends at expiry at the latest: the batch is dead-lettered then.
+            self.pause(min(delay, max(0.0, expires - time.time())))
+        return None
 
-    def _attempt(self, batch: Batch) -> tuple[int | None, Answer | None, str | None]:
+    def _attempt(
+        self, batch: Batch, cut: float | None
+    ) -> tuple[int | None, Answer | None, str | None]:
         headers = request_headers(self.config, batch.webhook_id, batch.body)
         started = time.monotonic()
         self.in_flight.set()
         try:
-            answer = self.transport.send(batch.body, headers)
+            answer = self.transport.send(batch.body, headers, cut)
         except DeliveryError as exc:
             self.metrics.requests.labels(webhook=self.name, code=exc.kind).inc()
             return None, None, f"{exc.kind}: {exc}"
@@ -168,23 +217,104 @@ class WebhookSink(Worker):
         self.metrics.requests.labels(webhook=self.name, code=str(answer.status)).inc()
         return answer.status, answer, None
 
-    def _finished(self, batch: Batch) -> None:
-        self.spool.finish_batch(self.name, batch)
-
-    def _dead_letter(self, batch: Batch, reason: str, status: int | None, head: bytes) -> None:
-        write_dead_letter(
-            self.state_dir, self.name, batch.webhook_id, reason, status, head, batch.body
+    def _backoff(self, attempt: int, answer: Answer | None) -> float:
+        """Seconds before the next attempt; the failed one is recorded (for the backoff
+        after a restart: a batch delivered at its first attempt costs no write for it)."""
+        # If the spool cannot record it, only the backoff after a restart is shorter;
+        # the outage itself is reported where it stops something (sources, outcomes).
+        with contextlib.suppress(StateError):
+            self.spool.count_attempt(self.name)
+        retry_after = None
+        if answer is not None:
+            retry_after = parse_retry_after(answer.headers.get("retry-after"), time.time())
+        retry = self.config.retry
+        return backoff_delay(
+            attempt, retry.initial_backoff, retry.max_backoff, retry_after, self._rng
         )
+
+    def _log_failure(
+        self, batch: Batch, status: int | None, error: str | None, attempt: int, delay: float
+    ) -> None:
+        log.warning(
+            "A webhook request failed; retrying",
+            extra=fields(
+                webhook=self.name,
+                webhook_id=batch.webhook_id,
+                status=status,
+                error=error,
+                attempt=attempt,
+                retry_in=round(delay, 3),
+            ),
+        )
+
+    def _dead(self, batch: Batch, reason: str, status: int | None, head: bytes) -> Outcome:
+        response = self._redactor.redact(head, RESPONSE_KEPT_BYTES)
+        return Outcome(batch, DeadLetter(reason, status, response))
+
+    # -- recording outcomes -----------------------------------------------------------
+
+    def _record(self, outcome: Outcome) -> None:
+        """Write the dead letter (if any), then move the cursor past the batch. A write
+        that fails leaves ``_outcome`` set, so the next step retries that write alone."""
+        if outcome.letter is not None and not outcome.letter_written:
+            if not self._write_letter(outcome.batch, outcome.letter):
+                self.pause(RECOVERY_WAIT)
+                return
+            outcome = self._outcome = replace(outcome, letter_written=True)
+        if outcome.finishing and not self._still_open(outcome.batch):
+            self._outcome = None  # the last try did finish it, then failed after
+            return
+        self._outcome = replace(outcome, finishing=True)
+        self.spool.finish_batch(self.name, outcome.batch)  # a StateError: the Worker pauses
+        self._outcome = None
+
+    def _still_open(self, batch: Batch) -> bool:
+        recorded = self.spool.open_batch(self.name)
+        return recorded is not None and recorded.webhook_id == batch.webhook_id
+
+    def _write_letter(self, batch: Batch, letter: DeadLetter) -> bool:
+        try:
+            write_dead_letter(
+                self.state_dir,
+                self.name,
+                batch.webhook_id,
+                letter.reason,
+                letter.status,
+                letter.response,
+                batch.body,
+            )
+        except OSError as exc:
+            if not self._letter_failing:
+                log.error(
+                    "A dead letter cannot be written; the batch is kept, not sent again,"
+                    " and the write retried",
+                    extra=fields(
+                        webhook=self.name,
+                        webhook_id=batch.webhook_id,
+                        path=str(dead_letter_path(self.state_dir, self.name)),
+                        error=exc.strerror or str(exc),
+                    ),
+                )
+            self._letter_failing = True
+            return False
+        if self._letter_failing:
+            log.warning("Dead letters can be written again", extra=fields(webhook=self.name))
+            self._letter_failing = False
+        self._report_dead_letter(batch, letter)
+        return True
+
+    def _report_dead_letter(self, batch: Batch, letter: DeadLetter) -> None:
         for _kind, n in batch.type_counts.items():
-            self.metrics.dead_lettered.labels(webhook=self.name, reason=reason).inc(n)
+            self.metrics.dead_lettered.labels(webhook=self.name, reason=letter.reason).inc(n)
+        response = letter.response.decode("utf-8", errors="replace")
         log.error(
             "A batch was dead-lettered; its events were not delivered",
             extra=fields(
                 webhook=self.name,
                 webhook_id=batch.webhook_id,
-                reason=reason,
-                status=status,
+                reason=letter.reason,
+                status=letter.status,
                 events=batch.count,
+                response=response[:RESPONSE_LOGGED_CHARS],
             ),
         )
-        self._finished(batch)

@@ -5,6 +5,9 @@
   per `interval`, forever (a request that only a total deadline can end).
 - `FullBacklogListener`: listens, never accepts, and has its accept queue filled, so a
   new connect hangs (a connect timeout).
+- `RawServer`: each connection served by a function that writes exactly the bytes it
+  wants (interim answers, a status line trickled a byte at a time, a body cut short),
+  over TCP or TLS; connections are numbered, so a test sees which one a request used.
 - `closed_port` / `refusing_port`: nothing listening (connection refused).
 
 Everything binds 127.0.0.1 only and runs in daemon threads; `close()` (or leaving the
@@ -18,9 +21,11 @@ import errno
 import select
 import selectors
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Self
 
 LOOPBACK = "127.0.0.1"
@@ -297,3 +302,136 @@ def refusing_port() -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         yield int(sock.getsockname()[1])
+
+
+@dataclass
+class RawConnection:
+    """One accepted connection of a `RawServer`: ``number`` counts from 1 per server."""
+
+    sock: socket.socket
+    number: int
+    closing: threading.Event
+    requests: list[bytes] = field(default_factory=list)  # every request read on it
+    _buffer: bytearray = field(default_factory=bytearray)
+
+    def read_request(self, timeout: float = 10.0) -> bytes | None:
+        """Read one whole request (head and ``Content-Length`` body); None at EOF."""
+        self.sock.settimeout(timeout)
+        while b"\r\n\r\n" not in self._buffer:
+            if not self._receive():
+                return None
+        head_end = self._buffer.index(b"\r\n\r\n") + 4
+        length = 0
+        for line in bytes(self._buffer[:head_end]).split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(self._buffer) < head_end + length:
+            if not self._receive():
+                return None
+        request = bytes(self._buffer[: head_end + length])
+        del self._buffer[: head_end + length]
+        self.requests.append(request)
+        return request
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def trickle(self, data: bytes, interval: float) -> None:
+        """Send ``data`` one byte per ``interval`` seconds, until done or closing."""
+        for byte in data:
+            if self.closing.wait(interval):
+                return
+            self.sock.sendall(bytes([byte]))
+
+    def hold(self, seconds: float) -> None:
+        """Keep the connection open, silent, for ``seconds`` (or until closing)."""
+        self.closing.wait(seconds)
+
+    def _receive(self) -> bool:
+        data = self.sock.recv(65536)
+        self._buffer += data
+        return bool(data)
+
+
+class RawServer:
+    """A TCP (or, with ``tls``, TLS) server on 127.0.0.1 that hands each connection to
+    ``serve`` in a thread of its own and closes it when ``serve`` returns."""
+
+    def __init__(
+        self, serve: Callable[[RawConnection], None], tls: ssl.SSLContext | None = None
+    ) -> None:
+        self._serve = serve
+        self._tls = tls
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self._port = int(self._listener.getsockname()[1])
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self.connections: list[RawConnection] = []
+        self._threads: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{LOOPBACK}:{self.port}/hook"
+
+    @property
+    def accepted(self) -> int:
+        with self._lock:
+            return len(self.connections)
+
+    def close(self) -> None:
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self._listener, socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            connections, threads = list(self.connections), list(self._threads)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+        deadline = time.monotonic() + 5.0
+        for thread in [self._acceptor, *threads]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            thread = threading.Thread(target=self._run, args=(sock,), daemon=True)
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()
+
+    def _run(self, sock: socket.socket) -> None:
+        try:
+            if self._tls is not None:
+                sock.settimeout(10.0)
+                sock = self._tls.wrap_socket(sock, server_side=True)
+            with self._lock:
+                conn = RawConnection(sock, len(self.connections) + 1, self._closing)
+                self.connections.append(conn)
+            self._serve(conn)
+        except (ConnectionError, TimeoutError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            pass  # the client went away (or gave up): what these servers are for
+        except OSError:
+            if not self._closing.is_set():
+                raise  # fails the test, through pytest's thread hook
+        finally:
+            sock.close()
