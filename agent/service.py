@@ -1,5 +1,10 @@
 """Wiring: config -> state dir -> spool -> sinks -> sources -> metrics; signals; shutdown.
 
+The state dir comes first: it is checked (``agent.statedir``) and its lock taken for the
+life of the agent, so a second agent on it exits at once naming this one; only the lock
+holder writes the spool, and a ``dead-letter replay`` asks it through
+``state_dir/requests`` (``agent.replay``), answered from the once-a-second gauge loop.
+
 ``Agent`` owns the threads. Start order puts the spool and the sinks before the sources,
 so nothing is read before it can be kept. Stop order is the reverse: sources stop reading
 first, then the sinks get ``shutdown_timeout`` to send what they can; whatever is left
@@ -9,42 +14,32 @@ stays in the spool for the next start.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
 from agent.config import Config, FileSourceConfig, SocketSourceConfig
-from agent.errors import ConfigError, Problem, SourceError, StateError
+from agent.errors import ConfigError, Problem, SourceError
 from agent.formats import MappingContext, load_format
 from agent.httpd import MetricsServer
 from agent.pipeline import LineProcessor
 from agent.pipeline.rejected import RejectedLog
+from agent.replay import answer_requests
 from agent.sinks.webhook import WebhookSink
 from agent.sources import Source
 from agent.sources.file import FileSource
 from agent.sources.unix_socket import UnixSocketSource
 from agent.spool import Spool
+from agent.statedir import StateDirLock, check_state_dir
 from agent.telemetry import Metrics, fields
 
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL = 1.0
-
-
-def prepare_state_dir(path: Path) -> None:
-    """Create ``state_dir`` (0700) and check it can be written."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(f"cannot create state_dir {path}: {exc.strerror}") from exc
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise StateError(f"state_dir {path} is not writable")
 
 
 class Agent:
@@ -58,6 +53,7 @@ class Agent:
         self.sources: list[Source] = []
         self.sinks: list[WebhookSink] = []
         self.server: MetricsServer | None = None
+        self.lock: StateDirLock | None = None
         self._stop = threading.Event()
         self._ready = False
         self._gauges = threading.Thread(target=self._update_gauges, name="gauges", daemon=True)
@@ -66,11 +62,13 @@ class Agent:
 
     def start(self) -> None:
         config = self.config
+        # The state_dir first: a second agent on it must say so, whatever else it shares.
+        check_state_dir(config.state_dir)
+        self.lock = StateDirLock.acquire(config.state_dir)
         self.server = MetricsServer(
             config.metrics.host, config.metrics.port, self.registry, self.healthy, self.ready
         )
         self.server.start()
-        prepare_state_dir(config.state_dir)
         self.spool = Spool(
             config.state_dir / "spool.db",
             self.metrics,
@@ -90,7 +88,7 @@ class Agent:
                 load_format(source_config.format),
                 ctx,
                 self.metrics,
-                RejectedLog(config.state_dir / "rejected", source_config.name),
+                RejectedLog(config.state_dir, source_config.name),
             )
             source = self._build_source(source_config, processor)
             try:
@@ -141,6 +139,8 @@ class Agent:
         return self.healthy()
 
     def _update_gauges(self) -> None:
+        """Once a second: the backlog gauges, and the replay requests of
+        ``tailhook dead-letter replay`` (only this process may write the spool)."""
         while not self._stop.wait(GAUGE_INTERVAL):
             if self.spool is None:
                 continue
@@ -150,6 +150,11 @@ class Agent:
                 self.spool.update_gauges()
             except Exception:
                 log.exception("Updating the backlog gauges failed")
+            try:
+                enabled = [sink.name for sink in self.sinks]
+                answer_requests(self.config.state_dir, self.spool, enabled)
+            except Exception:
+                log.exception("Answering dead-letter replay requests failed")
 
     # -- stop -------------------------------------------------------------------------
 
@@ -158,6 +163,8 @@ class Agent:
         if self._stop.is_set():
             return
         self._stop.set()
+        if self.lock is None:
+            return  # refused at the state_dir: nothing was started
         log.info(
             "Stopping: no more reading; sending what can be sent",
             extra=fields(shutdown_timeout=self.config.shutdown_timeout),
@@ -178,6 +185,8 @@ class Agent:
             self.server.stop()
         if self.spool is not None:
             self.spool.close()
+        if self.lock is not None:
+            self.lock.release()
         log.info(
             "Stopped; undelivered events are kept for the next start", extra=fields(backlog=left)
         )

@@ -31,7 +31,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from agent.errors import StateError
@@ -158,6 +158,45 @@ class Spool:
                         self._backlog[name] += sum(types.count(code) for code in codes)
                 self._changed.notify_all()
         return True
+
+    def replay(self, webhook: str, segments: Sequence[NewSegment]) -> int:
+        """Keep ``segments`` for ``webhook`` alone (a dead-letter replay), in one
+        transaction, touching no other webhook's cursor or segments. A webhook with no
+        cursor yet gets one at the first of them, so its next start does not skip them.
+
+        A replay neither waits for room nor drops other events: past ``max_bytes`` it is
+        refused (StateError) and nothing is kept. Returns the number of events kept.
+        """
+        every_type = "".join(TYPE_CODES.values())
+        kept = [stored for stored in (s.keeping(every_type) for s in segments) if stored[0]]
+        size = sum(len(body) for _, body, _ in kept)
+        now = time.time()
+        with self._changed:
+            if self._bytes and self._bytes + size > self.max_bytes:
+                raise StateError(
+                    f"the spool has no room for {size} bytes more"
+                    f" ({self._bytes} of max_bytes {self.max_bytes} held)"
+                )
+            with self._transaction():
+                first = None
+                for types, body, starts in kept:
+                    inserted = self._db.execute(
+                        "INSERT INTO segments (count, types, body, starts, created, target)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (len(types), types, body, starts, now, webhook),
+                    )
+                    first = first or inserted.lastrowid
+                if first is not None:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO cursors VALUES (?, ?)", (webhook, position(first, 0))
+                    )
+            self._bytes += size
+            self._newest_known = self._newest_seq()
+            codes = self._codes.get(webhook, "")
+            if webhook in self._backlog:
+                self._backlog[webhook] += sum(t.count(c) for t, _, _ in kept for c in codes)
+            self._changed.notify_all()
+        return sum(len(types) for types, _, _ in kept)
 
     def checkpoints(self, source: str) -> dict[str, Checkpoint]:
         """The checkpoints of one source, by file identity."""
