@@ -9,9 +9,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from agent.config import Config, load_config
-from agent.errors import ConfigError, DeliveryError, Problem, RejectedLine, StateError
-from agent.formats import EventFormat, MappingContext, load_format
-from agent.pipeline import decode_line, is_blank
+from agent.errors import ConfigError, DeliveryError, Problem, StateError
+from agent.formats import load_format
 from agent.replay import replay
 from agent.service import Agent
 from agent.sinks.deadletter import dead_letter_path, read_dead_letters
@@ -20,6 +19,7 @@ from agent.sinks.webhook import request_headers
 from agent.spool import Spool, new_webhook_id
 from agent.statedir import check_state_dir
 from agent.telemetry import Metrics, fields, setup_logging
+from agent.validate import validate
 
 __all__ = [
     "check_config",
@@ -31,8 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("agent.commands")
-
-MAX_VALIDATE_LINE = 1024 * 1024
 
 
 def run(config_path: Path) -> int:
@@ -74,44 +72,6 @@ def check_config(config_path: Path) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{config_path}: valid ({len(config.sources)} sources, {len(config.webhooks)} webhooks)")
     return 0
-
-
-def validate(files: list[str], format_name: str) -> int:
-    fmt = load_format(format_name)
-    ctx = MappingContext()
-    total = invalid = 0
-    for name in files:
-        try:
-            handle = open(name, "rb")  # noqa: SIM115 (closed below, read line by line)
-        except OSError as exc:
-            print(f"{name}: cannot be read: {exc.strerror}")
-            invalid += 1
-            continue
-        with handle:
-            for number, raw in enumerate(handle, start=1):
-                line = raw.rstrip(b"\n").removesuffix(b"\r")
-                if number == 1:
-                    line = line.removeprefix(b"\xef\xbb\xbf")
-                if is_blank(line):
-                    continue
-                total += 1
-                reason = _check_line(line, fmt, ctx)
-                if reason is not None:
-                    invalid += 1
-                    print(f"{name}:{number}: {reason}")
-    print(f"{total} lines, {total - invalid} valid, {invalid} invalid")
-    return 0 if invalid == 0 else 1
-
-
-def _check_line(line: bytes, fmt: EventFormat, ctx: MappingContext) -> str | None:
-    if len(line) > MAX_VALIDATE_LINE:
-        return f"line_too_long: {len(line)} bytes"
-    try:
-        obj = decode_line(line)
-        fmt.convert(obj, ctx)
-    except RejectedLine as rejected:
-        return f"{rejected.reason}: {rejected.detail}"
-    return None
 
 
 def _find_webhook(config: Config, name: str) -> int:
