@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from agent import __version__
 from agent.config import Config, FileSourceConfig, SocketSourceConfig
-from agent.errors import ConfigError, Problem, SourceError
+from agent.errors import ConfigError, Problem, SourceError, StateError
 from agent.formats import MappingContext, load_format
 from agent.httpd import MetricsServer
 from agent.pipeline import LineProcessor
@@ -54,6 +54,7 @@ class Agent:
         self.sinks: list[WebhookSink] = []
         self.server: MetricsServer | None = None
         self.lock: StateDirLock | None = None
+        self._requests_refused = False
         self._stop = threading.Event()
         self._ready = False
         self._gauges = threading.Thread(target=self._update_gauges, name="gauges", daemon=True)
@@ -150,11 +151,24 @@ class Agent:
                 self.spool.update_gauges()
             except Exception:
                 log.exception("Updating the backlog gauges failed")
-            try:
-                enabled = [sink.name for sink in self.sinks]
-                answer_requests(self.config.state_dir, self.spool, enabled)
-            except Exception:
-                log.exception("Answering dead-letter replay requests failed")
+            self._answer_requests()
+
+    def _answer_requests(self) -> None:
+        assert self.spool is not None
+        try:
+            answer_requests(self.config.state_dir, self.spool, [s.name for s in self.sinks])
+        except StateError as exc:  # state_dir/requests refused (a link): say so once
+            if not self._requests_refused:
+                log.error(
+                    "Cannot read dead-letter replay requests; replays wait until it is fixed",
+                    extra=fields(error=str(exc)),
+                )
+            self._requests_refused = True
+            return
+        except Exception:
+            log.exception("Answering dead-letter replay requests failed")
+            return
+        self._requests_refused = False
 
     # -- stop -------------------------------------------------------------------------
 
