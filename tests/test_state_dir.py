@@ -97,7 +97,7 @@ def test_an_agent_in_process_holds_the_lock_while_it_runs(
 # -- a state_dir others could tamper with ---------------------------------------------
 
 
-@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777], ids=["0770", "0707", "0777"])
 def test_a_state_dir_writable_by_group_or_others_is_refused(tmp_path: Path, mode: int) -> None:
     state = tmp_path / "state"
     state.mkdir()
