@@ -2,32 +2,66 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
-import orjson
 from prometheus_client import CollectorRegistry
 
 from agent.config import Config, load_config
-from agent.errors import ConfigError, DeliveryError, Problem, RejectedLine
-from agent.formats import EVENT_TYPES, EventFormat, MappingContext, load_format
-from agent.pipeline import decode_line, is_blank
+from agent.errors import ConfigError, DeliveryError, Problem, StateError
+from agent.formats import load_format
+from agent.replay import replay
 from agent.service import Agent
-from agent.sinks.deadletter import read_dead_letters, read_entries, set_aside
+from agent.sinks.deadletter import dead_letter_path, read_dead_letters
 from agent.sinks.transport import Transport
 from agent.sinks.webhook import request_headers
-from agent.spool import NewSegment, Spool, new_webhook_id
-from agent.telemetry import Metrics, setup_logging
+from agent.spool import Spool, new_webhook_id
+from agent.statedir import check_state_dir
+from agent.telemetry import Metrics, fields, setup_logging
+from agent.validate import validate
 
-MAX_VALIDATE_LINE = 1024 * 1024
+__all__ = [
+    "check_config",
+    "dead_letter_list",
+    "dead_letter_replay",
+    "run",
+    "test_webhook",
+    "validate",
+]
+
+log = logging.getLogger("agent.commands")
 
 
 def run(config_path: Path) -> int:
-    config = load_config(config_path)
+    """``tailhook run``: only log lines reach stderr, in the configured format (JSON
+    until the config is read). Exit 2: the config or the state_dir is refused; 1: the
+    state_dir is in use, or cannot be used."""
+    setup_logging("info", "json")
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        _log_problems(exc, config_path)
+        return 2
     setup_logging(config.log.level, config.log.format)
     for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    return Agent(config).run_until_signalled()
+        log.warning(warning, extra=fields(config=str(config_path)))
+    try:
+        return Agent(config).run_until_signalled()
+    except ConfigError as exc:
+        _log_problems(exc, config_path)
+        return 2
+    except StateError as exc:
+        log.error(str(exc), extra=fields(state_dir=str(config.state_dir)))
+        return 1
+    except Exception:
+        log.exception("tailhook stopped on an unexpected error")
+        return 1
+
+
+def _log_problems(exc: ConfigError, config_path: Path) -> None:
+    for problem in exc.problems:
+        log.error(str(problem), extra=fields(config=str(config_path)))
 
 
 def check_config(config_path: Path) -> int:
@@ -38,44 +72,6 @@ def check_config(config_path: Path) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{config_path}: valid ({len(config.sources)} sources, {len(config.webhooks)} webhooks)")
     return 0
-
-
-def validate(files: list[str], format_name: str) -> int:
-    fmt = load_format(format_name)
-    ctx = MappingContext()
-    total = invalid = 0
-    for name in files:
-        try:
-            handle = open(name, "rb")  # noqa: SIM115 (closed below, read line by line)
-        except OSError as exc:
-            print(f"{name}: cannot be read: {exc.strerror}")
-            invalid += 1
-            continue
-        with handle:
-            for number, raw in enumerate(handle, start=1):
-                line = raw.rstrip(b"\n").removesuffix(b"\r")
-                if number == 1:
-                    line = line.removeprefix(b"\xef\xbb\xbf")
-                if is_blank(line):
-                    continue
-                total += 1
-                reason = _check_line(line, fmt, ctx)
-                if reason is not None:
-                    invalid += 1
-                    print(f"{name}:{number}: {reason}")
-    print(f"{total} lines, {total - invalid} valid, {invalid} invalid")
-    return 0 if invalid == 0 else 1
-
-
-def _check_line(line: bytes, fmt: EventFormat, ctx: MappingContext) -> str | None:
-    if len(line) > MAX_VALIDATE_LINE:
-        return f"line_too_long: {len(line)} bytes"
-    try:
-        obj = decode_line(line)
-        fmt.convert(obj, ctx)
-    except RejectedLine as rejected:
-        return f"{rejected.reason}: {rejected.detail}"
-    return None
 
 
 def _find_webhook(config: Config, name: str) -> int:
@@ -105,14 +101,21 @@ def test_webhook(config_path: Path, name: str) -> int:
 
 
 def dead_letter_list(config_path: Path, webhook: str | None) -> int:
+    """List the dead-lettered batches of one configured webhook, or of each; a torn or
+    invalid line is reported on stderr and skipped."""
     config = load_config(config_path)
     names = [webhook] if webhook else [hook.name for hook in config.webhooks]
+    if webhook:
+        _find_webhook(config, webhook)
     for name in names:
-        for entry in read_dead_letters(config.state_dir, name):
-            events = entry.get("events") or []
+        letters = read_dead_letters(config.state_dir, name)
+        for problem in letters.problems:
+            print(f"{letters.path}: {problem}", file=sys.stderr)
+        for _, entry in letters.entries:
             print(
                 f"{entry.get('time')}  {entry.get('webhook')}  {entry.get('webhook_id')}  "
-                f"{entry.get('reason')}  status={entry.get('status')}  events={len(events)}"
+                f"{entry.get('reason')}  status={entry.get('status')}"
+                f"  events={len(entry['events'])}"
             )
     return 0
 
@@ -120,36 +123,31 @@ def dead_letter_list(config_path: Path, webhook: str | None) -> int:
 def dead_letter_replay(config_path: Path, webhook: str) -> int:
     """Queue the webhook's dead-lettered batches for delivery again, for it alone.
 
-    The events go into the spool as new batches (new ``webhook-id``s), so a running
-    agent picks them up within a second and a stopped one at its next start; the
-    dead-letter file is kept, renamed ``WEBHOOK.replayed-TIME.jsonl``.
+    The events go into the spool as new batches (new ``webhook-id``s): through the
+    running agent if there is one (``agent.replay``), else directly, for the agent's
+    next start. The dead-letter file is kept, renamed ``WEBHOOK.replayed-TIME.jsonl``.
     """
     config = load_config(config_path)
     hook = config.webhooks[_find_webhook(config, webhook)]
     if not hook.enabled:
         raise ConfigError([Problem("webhooks", f"webhook {webhook!r} is disabled")])
-    aside = set_aside(config.state_dir, webhook)
-    if aside is None:
+    check_state_dir(config.state_dir)
+
+    def open_spool() -> Spool:
+        spool_config = config.spool
+        metrics = Metrics(CollectorRegistry())
+        path = config.state_dir / "spool.db"
+        return Spool(path, metrics, spool_config.max_bytes, spool_config.when_full)
+
+    outcome = replay(config.state_dir, webhook, open_spool)
+    letters = dead_letter_path(config.state_dir, webhook)
+    for problem in outcome.skipped:
+        print(f"{letters}: {problem}", file=sys.stderr)
+    if outcome.kept_as is None:
         print(f"{webhook}: no dead-lettered batches")
         return 0
-    spool = Spool(config.state_dir / "spool.db", Metrics(CollectorRegistry()))
-    batches = events = 0
-    try:
-        spool.configure_webhooks({h.name: h.events for h in config.webhooks if h.enabled})
-        for entry in read_entries(aside):
-            objects = entry.get("events") or []
-            segment = NewSegment.of(
-                (obj["object_type"], orjson.dumps(obj))
-                for obj in objects
-                if isinstance(obj, dict) and obj.get("object_type") in EVENT_TYPES
-            )
-            spool.append("dead-letter-replay", segment, target=webhook)
-            batches += 1
-            events += len(segment)
-    finally:
-        spool.close()
     print(
-        f"{webhook}: queued {events} events from {batches} batches again; "
-        f"the dead letters are kept in {aside.name}"
+        f"{webhook}: queued {outcome.events} events from {outcome.batches} batches again; "
+        f"the dead letters are kept in {outcome.kept_as}"
     )
     return 0

@@ -6,6 +6,7 @@
      ├── RejectedLine         one input line cannot become a notification; carries the reason
      │                        (a value of REJECT_REASONS) and the event type when known
      ├── StateError           the state directory cannot be opened or written (spool, checkpoints)
+     │    └── StateDirInUse   another process holds ``state_dir`` (its lock); names that process
      ├── SourceError          a source cannot start: its socket path is taken by another file
      │                        or a live socket (the agent reports it at ``sources[N].path``)
      └── DeliveryError        one webhook request failed; ``kind`` is the metric label
@@ -70,6 +71,16 @@ class RejectedLine(TailhookError):
 
 class StateError(TailhookError):
     """The state directory cannot be used (permissions, a full disk, a damaged file)."""
+
+
+class StateDirInUse(StateError):
+    """Another process holds the ``state_dir`` lock: one agent per ``state_dir``."""
+
+    def __init__(self, state_dir: object, pid: int | None) -> None:
+        self.state_dir = state_dir
+        self.pid = pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(f"state_dir {state_dir} is in use by {holder}")
 
 
 class SourceError(TailhookError):

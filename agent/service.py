@@ -1,5 +1,10 @@
 """Wiring: config -> state dir -> spool -> sinks -> sources -> metrics; signals; shutdown.
 
+The state dir comes first: it is checked (``agent.statedir``) and its lock taken for the
+life of the agent, so a second agent on it exits at once naming this one; only the lock
+holder writes the spool, and a ``dead-letter replay`` asks it through
+``state_dir/requests`` (``agent.replay``), answered from the once-a-second gauge loop.
+
 ``Agent`` owns the threads. Start order puts the spool and the sinks before the sources,
 so nothing is read before it can be kept. Stop order is the reverse: sources stop reading
 first, then the sinks get ``shutdown_timeout`` to send what they can; whatever is left
@@ -9,11 +14,9 @@ stays in the spool for the next start.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
@@ -25,26 +28,18 @@ from agent.formats import MappingContext, load_format
 from agent.httpd import MetricsServer
 from agent.pipeline import LineProcessor
 from agent.pipeline.rejected import RejectedLog
+from agent.replay import answer_requests
 from agent.sinks.webhook import WebhookSink
 from agent.sources import Source
 from agent.sources.file import FileSource
 from agent.sources.unix_socket import UnixSocketSource
 from agent.spool import Spool
+from agent.statedir import StateDirLock, check_state_dir
 from agent.telemetry import Metrics, fields
 
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL = 1.0
-
-
-def prepare_state_dir(path: Path) -> None:
-    """Create ``state_dir`` (0700) and check it can be written."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(f"cannot create state_dir {path}: {exc.strerror}") from exc
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise StateError(f"state_dir {path} is not writable")
 
 
 class Agent:
@@ -58,6 +53,8 @@ class Agent:
         self.sources: list[Source] = []
         self.sinks: list[WebhookSink] = []
         self.server: MetricsServer | None = None
+        self.lock: StateDirLock | None = None
+        self._requests_refused = False
         self._stop = threading.Event()
         self._ready = False
         self._gauges = threading.Thread(target=self._update_gauges, name="gauges", daemon=True)
@@ -66,11 +63,13 @@ class Agent:
 
     def start(self) -> None:
         config = self.config
+        # The state_dir first: a second agent on it must say so, whatever else it shares.
+        check_state_dir(config.state_dir)
+        self.lock = StateDirLock.acquire(config.state_dir)
         self.server = MetricsServer(
             config.metrics.host, config.metrics.port, self.registry, self.healthy, self.ready
         )
         self.server.start()
-        prepare_state_dir(config.state_dir)
         self.spool = Spool(
             config.state_dir / "spool.db",
             self.metrics,
@@ -90,7 +89,7 @@ class Agent:
                 load_format(source_config.format),
                 ctx,
                 self.metrics,
-                RejectedLog(config.state_dir / "rejected", source_config.name),
+                RejectedLog(config.state_dir, source_config.name),
             )
             source = self._build_source(source_config, processor)
             try:
@@ -142,16 +141,34 @@ class Agent:
 
     def _update_gauges(self) -> None:
         """Every second: let the spool see whether it can take new events again (after a
-        full disk), notice replayed events, and refresh the spool and backlog gauges."""
+        full disk), answer the replay requests of ``tailhook dead-letter replay`` (only
+        this process may write the spool), and refresh the spool and backlog gauges."""
         while not self._stop.wait(GAUGE_INTERVAL):
             if self.spool is None:
                 continue
             try:
                 self.spool.probe()
-                self.spool.refresh()
                 self.spool.update_gauges()
             except Exception:
                 log.exception("Updating the backlog gauges failed")
+            self._answer_requests()
+
+    def _answer_requests(self) -> None:
+        assert self.spool is not None
+        try:
+            answer_requests(self.config.state_dir, self.spool, [s.name for s in self.sinks])
+        except StateError as exc:  # state_dir/requests refused (a link): say so once
+            if not self._requests_refused:
+                log.error(
+                    "Cannot read dead-letter replay requests; replays wait until it is fixed",
+                    extra=fields(error=str(exc)),
+                )
+            self._requests_refused = True
+            return
+        except Exception:
+            log.exception("Answering dead-letter replay requests failed")
+            return
+        self._requests_refused = False
 
     # -- stop -------------------------------------------------------------------------
 
@@ -160,6 +177,8 @@ class Agent:
         if self._stop.is_set():
             return
         self._stop.set()
+        if self.lock is None:
+            return  # refused at the state_dir: nothing was started
         log.info(
             "Stopping: no more reading; sending what can be sent",
             extra=fields(shutdown_timeout=self.config.shutdown_timeout),
@@ -180,6 +199,8 @@ class Agent:
             self.server.stop()
         if self.spool is not None:
             self.spool.close()
+        if self.lock is not None:
+            self.lock.release()
         log.info(
             "Stopped; undelivered events are kept for the next start", extra=fields(backlog=left)
         )

@@ -5,10 +5,15 @@ from __future__ import annotations
 import base64
 import math
 import re
+import resource
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent.config import (
     GIB,
@@ -30,6 +35,7 @@ from agent.config import (
     parse_duration,
     parse_size,
 )
+from agent.config_document import MAX_EXPANDED_NODES, expanded_size, read_yaml, substitute_env
 from agent.config_rules import parse_listen_address
 from agent.errors import ConfigError, Problem
 from agent.schemas import load_schema
@@ -923,3 +929,132 @@ def test_console_url_may_be_http() -> None:
     assert parse_config("console_url: http://console.local/", {}).console_url == (
         "http://console.local"
     )
+
+
+# --- hostile YAML: alias bombs (issue #7, item 16) -------------------------------------
+
+#: The "billion laughs": nine levels of nine aliases, 9**9 strings once expanded.
+BILLION_LAUGHS = "webhooks:\n  - name: a\n    url: https://x.example/\n    events: [hit]\n" + (
+    "    headers:\n"
+    + '      l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    + "".join(f"      l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]\n" for n in range(1, 10))
+)
+
+
+def merge_bomb(levels: int) -> str:
+    """Each mapping merges the one before twice: 2**levels keys once merged."""
+    lines = ["      m0: &m0 {k0: 1}"]
+    for n in range(1, levels):
+        lines.append(f"      m{n}: &m{n} {{<<: [*m{n - 1}, *m{n - 1}], k{n}: 1}}")
+    return "webhooks:\n  - name: a\n    url: https://x.example/\n    events: [hit]\n" + (
+        "    headers:\n" + "\n".join(lines) + "\n"
+    )
+
+
+@pytest.mark.parametrize("text", [BILLION_LAUGHS, merge_bomb(40)], ids=["aliases", "merges"])
+def test_an_alias_bomb_is_refused_at_the_root_within_a_second(text: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, {}, source="bomb.yaml")
+    assert time.monotonic() - started < 1.0
+    assert refused.value.problems == (
+        Problem(
+            "",
+            f"bomb.yaml: its aliases expand it to more than {MAX_EXPANDED_NODES} values;"
+            " refusing to read it (an alias bomb?)",
+        ),
+    )
+
+
+def limit_memory() -> None:
+    """preexec_fn: at most 256 MiB of address space (the bomb expanded needs gigabytes)."""
+    resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_check_config_and_run_refuse_an_alias_bomb_quickly_in_bounded_memory(
+    tmp_path: Path, command: str
+) -> None:
+    config = tmp_path / "bomb.yaml"
+    config.write_text(f"state_dir: {tmp_path}/state\n" + BILLION_LAUGHS)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", command, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit_memory,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "aliases expand it to more than" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert elapsed < 5  # measured: 0.3 s for check-config, 0.7 s for run (interpreter start)
+
+
+def test_substitution_shares_an_alias_target_instead_of_copying_it() -> None:
+    document = read_yaml("a: &x [{k: '${V}'}, 2]\nb: *x\nc: [*x, *x]\n", "<t>")
+    result = substitute_env(document.data, {"V": "s3cret"})
+    data = result.data
+    assert data["a"] == [{"k": "s3cret"}, 2]
+    assert data["b"] is data["a"] and data["c"][0] is data["a"] and data["c"][1] is data["a"]
+    # Every location the value reaches through an alias is known to hold the environment's.
+    assert result.touched == {("a", 0, "k"), ("b", 0, "k"), ("c", 0, 0, "k"), ("c", 1, 0, "k")}
+
+
+def test_a_value_from_the_environment_is_not_echoed_where_an_alias_repeats_it() -> None:
+    text = (
+        "webhooks:\n"
+        "  - {name: a, url: https://a.example/x, events: [hit], method: &m '${METHOD}'}\n"
+        "  - {name: b, url: https://b.example/x, events: [hit], method: *m}\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, {"METHOD": "hunter2"})
+    assert "hunter2" not in str(refused.value)
+    assert [p.path for p in refused.value.problems] == ["webhooks[0].method", "webhooks[1].method"]
+
+
+def test_a_key_merged_in_may_be_overridden() -> None:
+    config = parse_config(
+        "webhooks:\n"
+        "  - &base {name: a, url: 'https://a.example/x', events: [hit]}\n"
+        "  - <<: *base\n"
+        "    name: b\n",
+        {},
+    )
+    assert [(hook.name, hook.url) for hook in config.webhooks] == [
+        ("a", "https://a.example/x"),
+        ("b", "https://a.example/x"),
+    ]
+
+
+def test_a_document_nested_too_deeply_is_refused() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        parse_config("webhooks: " + "[" * 800 + "]" * 800, {})
+
+
+@pytest.mark.slow
+def test_the_bound_leaves_room_for_2000_webhooks_with_every_setting() -> None:
+    hook = (
+        "  - name: hook{n}\n"
+        "    url: https://siem{n}.example.com/hooks/wallarm\n"
+        "    method: POST\n"
+        "    headers: {{Authorization: 'Bearer abc', X-Tenant: 't{n}', X-Other: 'o'}}\n"
+        "    tls: {{verify: true, ca_file: /etc/ssl/ca.pem}}\n"
+        "    request_timeout: 15s\n"
+        "    connect_timeout: 20s\n"
+        "    events: [hit, vulnerability, system, scope]\n"
+        "    enabled: true\n"
+        "    batch: {{max_events: 500, max_bytes: 1MiB, max_wait: 200ms}}\n"
+        "    retry: {{initial_backoff: 1s, max_backoff: 5m, max_elapsed: 24h}}\n"
+        "    signing: {{secrets: [whsec_a, whsec_b]}}\n"
+        "    payload: classic\n"
+        "    body: json_array\n"
+        "    filter: {{block_status: [blocked], attack_types: [sqli, xss],"
+        " domains: ['*.example.com'], threats: [High, Medium]}}\n"
+    )
+    text = "webhooks:\n" + "".join(hook.format(n=n) for n in range(2000))
+    node = yaml.SafeLoader(text).get_single_node()
+    assert node is not None
+    size = expanded_size(node, MAX_EXPANDED_NODES)
+    assert 100_000 < size < MAX_EXPANDED_NODES / 3

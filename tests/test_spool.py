@@ -202,19 +202,6 @@ def test_a_replayed_segment_goes_to_its_webhook_alone(tmp_path: Path) -> None:
     assert spool.held_bytes == 0
 
 
-def test_refresh_notices_segments_another_process_added(tmp_path: Path) -> None:
-    running = open_spool(tmp_path)
-    running.configure_webhooks({"a": frozenset({"hit"})})
-    other = open_spool(tmp_path)
-    other.configure_webhooks({"a": frozenset({"hit"})})
-    other.append("replay", NewSegment.of([("hit", b"again")]), target="a")
-    other.close()
-    assert running.backlog("a") == 0
-    running.refresh()
-    assert running.backlog("a") == 1
-    assert drain(running, "a") == [b"[again]"]
-
-
 def test_a_spool_of_a_later_layout_is_set_aside(tmp_path: Path) -> None:
     import sqlite3
 

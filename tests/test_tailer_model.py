@@ -512,7 +512,7 @@ class TailerModel(RuleBasedStateMachine):
             load_format("native"),
             MappingContext(),
             self.metrics,
-            RejectedLog(self.state_dir / "rejected", SOURCE),
+            RejectedLog(self.state_dir, SOURCE),
         )
         source = FileSource(self.config, self.spool, processor, self.metrics)
         source._observer = NoObserver()  # type: ignore[assignment]

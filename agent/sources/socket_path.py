@@ -1,10 +1,10 @@
 """The socket file of a ``unix_socket`` source: making, checking, replacing, removing.
 
 The parent directory is created if missing (0700, plus read and search for the group or
-others exactly when ``socket_mode`` gives them access); a stale socket file (one nobody
-answers on) is replaced; anything else at the path, or a socket a process is listening
-on, is a ``SourceError`` and is left untouched. ``socket_mode`` is applied without a
-moment of wider permissions.
+others exactly when ``socket_mode`` gives them access); an existing one that others may
+write is refused. A stale socket file (one nobody answers on) is replaced; anything else
+at the path, or a socket a process is listening on, is a ``SourceError`` and is left
+untouched. ``socket_mode`` is applied without a moment of wider permissions.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ def socket_directory_mode(socket_mode: int) -> int:
 
 def prepare_directory(directory: str, socket_mode: int) -> None:
     if os.path.isdir(directory):
+        mode = stat.S_IMODE(os.stat(directory).st_mode)
+        if mode & 0o002:  # anyone could replace the socket file, or squat its path
+            raise SourceError(f"{directory} is writable by others (mode {mode:04o}); chmod o-w it")
         return
     mode = socket_directory_mode(socket_mode)
     try:

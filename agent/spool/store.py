@@ -32,7 +32,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from agent.errors import StateError
@@ -41,7 +41,14 @@ from agent.spool.capacity import Budget, has_room
 from agent.spool.cursors import Change, Ledger, Segments
 from agent.spool.database import Database
 from agent.spool.gauges import update_gauges
-from agent.spool.segments import TYPE_CODES, Batch, Checkpoint, NewSegment, new_webhook_id
+from agent.spool.segments import (
+    TYPE_CODES,
+    Batch,
+    Checkpoint,
+    NewSegment,
+    new_webhook_id,
+    position,
+)
 from agent.telemetry import Metrics, fields
 
 __all__ = ["Batch", "Checkpoint", "NewSegment", "Spool", "new_webhook_id"]
@@ -50,6 +57,10 @@ log = logging.getLogger(__name__)
 
 #: How often a source waiting for room looks again (a delivery also wakes it).
 FULL_WAIT = 0.5
+
+
+class _NoRoom(Exception):
+    """A replay does not fit the spool: its transaction is rolled back."""
 
 
 class Spool:
@@ -180,6 +191,49 @@ class Spool:
                 if self._closed:
                     return False
 
+    def replay(self, webhook: str, segments: Sequence[NewSegment]) -> int:
+        """Keep ``segments`` for ``webhook`` alone (a dead-letter replay), in one
+        transaction, touching no other webhook's cursor or segments. A webhook with no
+        cursor yet gets one at the first of them, so its next start does not skip them.
+
+        A replay neither waits for room nor drops other events: past ``max_bytes`` it is
+        refused (StateError) and nothing is kept. Returns the number of events kept.
+        """
+        every_type = "".join(TYPE_CODES.values())
+        now = time.time()
+        incoming = [
+            ingest.Incoming("dead-letter-replay", types, body, starts, None, webhook, now)
+            for types, body, starts in (s.keeping(every_type) for s in segments)
+            if types
+        ]
+
+        def keep_all(db: sqlite3.Connection) -> Change:
+            change = Change()
+            first = cursors.newest_seq(db) + 1
+            for one in incoming:
+                kept, step = ingest.keep(db, self._ledger.after(change), self.budget, False, one)
+                if not kept:
+                    raise _NoRoom
+                change.merge(step)
+            if incoming:
+                db.execute(
+                    "INSERT OR IGNORE INTO cursors VALUES (?, ?)", (webhook, position(first, 0))
+                )
+            return change
+
+        with self._changed:
+            self._check_open()
+            try:
+                change = self._db.write(keep_all, new_events=bool(incoming))
+            except _NoRoom:
+                raise StateError(
+                    f"the spool has no room for the replay ({len(incoming)} segments);"
+                    " nothing of it was kept"
+                ) from None
+            self._apply(change)
+            self._changed.notify_all()
+        return sum(len(one.types) for one in incoming)
+
     def checkpoints(self, source: str) -> dict[str, Checkpoint]:
         """The checkpoints of one source, by file identity."""
         with self._lock:
@@ -278,28 +332,6 @@ class Spool:
             self._db.probe()
             if self._db.accepting and not was:
                 self._changed.notify_all()
-
-    def refresh(self) -> None:
-        """Notice segments another process added (``tailhook dead-letter replay``)."""
-        with self._changed:
-            if self._closed:
-                return
-            newest = self._db.read(cursors.newest_seq)
-            if newest == self._ledger.newest_seq:
-                return
-
-            def count(db: sqlite3.Connection) -> tuple[int, dict[str, int]]:
-                ledger = self._ledger
-                backlog = {
-                    name: cursors.count_pending(db, name, codes, ledger.cursors[name])
-                    for name, codes in ledger.codes.items()
-                }
-                return cursors.held_bytes(db), backlog
-
-            held, backlog = self._db.read(count)
-            self._ledger.newest_seq, self._ledger.held_bytes = newest, held
-            self._ledger.backlog = backlog
-            self._changed.notify_all()
 
     def backlog(self, webhook: str) -> int:
         with self._lock:
