@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from agent.config_document import kind_of, read_yaml, schema_problems, substitute_env
 from agent.config_rules import (
+    DEFAULT_STATE_DIR,
     GIB,
     KIB,
     MIB,
@@ -155,7 +156,7 @@ class SpoolConfig:
 
 @dataclass(frozen=True)
 class Config:
-    state_dir: Path = Path("/var/lib/tailhook")
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
     console_url: str = "https://my.wallarm.com"
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()

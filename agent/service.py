@@ -117,7 +117,9 @@ class Agent:
     ) -> Source:
         assert self.spool is not None
         if isinstance(source_config, FileSourceConfig):
-            return FileSource(source_config, self.spool, processor, self.metrics)
+            return FileSource(
+                source_config, self.spool, processor, self.metrics, self.config.state_dir
+            )
         return UnixSocketSource(source_config, self.spool, processor, self.metrics)
 
     # -- health -----------------------------------------------------------------------
