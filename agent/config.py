@@ -84,6 +84,7 @@ class SocketSourceConfig:
     max_connections: int = 64
     format: str = "native"
     max_line_bytes: int = 1 * MIB
+    idle_timeout: float = 300.0  # a stream client silent this long is closed
     type: str = "unix_socket"
 
 
@@ -246,6 +247,7 @@ def _build_source(raw: dict[str, Any]) -> SourceConfig:
             mode=_as_is,
             socket_mode=lambda mode: int(mode, 8),
             max_connections=_as_is,
+            idle_timeout=parse_duration,
         ),
     )
 

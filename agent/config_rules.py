@@ -107,6 +107,7 @@ def rule_problems(data: dict[str, Any]) -> list[Located]:
     for i, source in sources:
         _size(out, ("sources", i, "max_line_bytes"), source.get("max_line_bytes"), KIB)
         _duration(out, ("sources", i, "rotate_wait"), source.get("rotate_wait"))
+        _duration(out, ("sources", i, "idle_timeout"), source.get("idle_timeout"), positive=True)
         out += _state_dir_glob_problems(("sources", i), source, data.get("state_dir"))
     webhooks = _items(data.get("webhooks"))
     for i, webhook in webhooks:
