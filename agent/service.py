@@ -8,6 +8,7 @@ stays in the spool for the next start.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -66,9 +67,7 @@ class Agent:
 
     def start(self) -> None:
         config = self.config
-        self.server = MetricsServer(
-            config.metrics.host, config.metrics.port, self.registry, self.healthy, self.ready
-        )
+        self.server = self._listen_for_metrics()
         self.server.start()
         prepare_state_dir(config.state_dir)
         self.spool = Spool(
@@ -111,6 +110,27 @@ class Agent:
                 metrics=f"http://{config.metrics.host}:{self.server.port}/metrics",
             ),
         )
+
+    def _listen_for_metrics(self) -> MetricsServer:
+        """The metrics listener, bound; an address that cannot be used is a ``ConfigError``
+        at ``metrics.listen`` (exit 2)."""
+        host, port = self.config.metrics.host, self.config.metrics.port
+        try:
+            return MetricsServer(
+                host,
+                port,
+                self.registry,
+                self.healthy,
+                self.ready,
+                self.metrics.metrics_connections_refused,
+            )
+        except OSError as exc:
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                problem = f"{address} is in use"
+            else:
+                problem = f"cannot listen on {address}: {exc.strerror or exc}"
+            raise ConfigError([Problem("metrics.listen", problem)]) from exc
 
     def _build_source(
         self, source_config: FileSourceConfig | SocketSourceConfig, processor: LineProcessor
