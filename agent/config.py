@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from agent.config_document import kind_of, read_yaml, schema_problems, substitute_env
 from agent.config_rules import (
+    DEFAULT_STATE_DIR,
     GIB,
     KIB,
     MIB,
@@ -86,6 +87,7 @@ class SocketSourceConfig:
     max_connections: int = 64
     format: str = "native"
     max_line_bytes: int = 1 * MIB
+    idle_timeout: float = 300.0  # a stream client silent this long is closed
     type: str = "unix_socket"
 
 
@@ -158,7 +160,7 @@ class SpoolConfig:
 
 @dataclass(frozen=True)
 class Config:
-    state_dir: Path = Path("/var/lib/tailhook")
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
     console_url: str = "https://my.wallarm.com"
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
@@ -248,6 +250,7 @@ def _build_source(raw: dict[str, Any]) -> SourceConfig:
             mode=_as_is,
             socket_mode=lambda mode: int(mode, 8),
             max_connections=_as_is,
+            idle_timeout=parse_duration,
         ),
     )
 

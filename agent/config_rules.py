@@ -14,14 +14,21 @@ line breaks and in Latin-1 (all HTTP can carry), a ``whsec_`` signing secret hol
 base64. They run on the raw data beside the schema, so one load reports every
 problem; where the schema already refused a value, its problem is the one reported.
 Header values, secrets and URLs are never quoted in a message.
+
+A file source glob must not be able to match a file inside ``state_dir``
+(``glob_reaches_into``): tailhook never tails its own output (rejected lines, dead
+letters, the spool).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
+import glob
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +39,7 @@ from agent.config_document import Loc, Located
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
+DEFAULT_STATE_DIR = "/var/lib/tailhook"
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
@@ -102,6 +110,8 @@ def rule_problems(data: dict[str, Any]) -> list[Located]:
     for i, source in sources:
         _size(out, ("sources", i, "max_line_bytes"), source.get("max_line_bytes"), KIB)
         _duration(out, ("sources", i, "rotate_wait"), source.get("rotate_wait"))
+        _duration(out, ("sources", i, "idle_timeout"), source.get("idle_timeout"), positive=True)
+        out += _state_dir_glob_problems(("sources", i), source, data.get("state_dir"))
     webhooks = _items(data.get("webhooks"))
     for i, webhook in webhooks:
         out += _webhook_problems(("webhooks", i), webhook)
@@ -120,6 +130,45 @@ def split_userinfo(url: str) -> tuple[str, str | None]:
     credentials = unquote_to_bytes(user) + b":" + unquote_to_bytes(password)
     stripped = urlunsplit(parts._replace(netloc=hostport))
     return stripped, "Basic " + base64.b64encode(credentials).decode("ascii")
+
+
+def _state_dir_glob_problems(loc: Loc, source: dict[str, Any], state_dir: Any) -> list[Located]:
+    state_dir = DEFAULT_STATE_DIR if state_dir is None else state_dir
+    paths = source.get("paths") if source.get("type") == "file" else None
+    if not isinstance(state_dir, str) or not isinstance(paths, list):
+        return []
+    return [
+        (
+            (*loc, "paths", j),
+            f"can match files inside state_dir {state_dir}; tailhook never "
+            "reads its own files (rejected lines, dead letters, the spool)",
+        )
+        for j, pattern in enumerate(paths)
+        if isinstance(pattern, str) and pattern and glob_reaches_into(pattern, state_dir)
+    ]
+
+
+def glob_reaches_into(pattern: str, directory: str) -> bool:
+    """Whether the glob ``pattern`` can match a path inside ``directory``. Both are made
+    absolute and compared a component at a time, as glob's ``*`` never crosses a ``/``
+    and never matches a name starting with ``.`` unless the pattern's does."""
+    pattern_parts = _components(pattern)
+    directory_parts = _components(directory)
+    if len(pattern_parts) <= len(directory_parts):
+        return False
+    return all(map(_component_matches, directory_parts, pattern_parts))
+
+
+def _components(path: str) -> list[str]:
+    return [part for part in os.path.abspath(path).split(os.sep) if part]
+
+
+def _component_matches(name: str, part: str) -> bool:
+    if not glob.has_magic(part):
+        return name == part
+    if name.startswith(".") and not part.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, part)
 
 
 def _webhook_problems(loc: Loc, webhook: dict[str, Any]) -> list[Located]:

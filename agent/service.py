@@ -13,6 +13,7 @@ stays in the spool for the next start.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
@@ -66,9 +67,7 @@ class Agent:
         # The state_dir first: a second agent on it must say so, whatever else it shares.
         check_state_dir(config.state_dir)
         self.lock = StateDirLock.acquire(config.state_dir)
-        self.server = MetricsServer(
-            config.metrics.host, config.metrics.port, self.registry, self.healthy, self.ready
-        )
+        self.server = self._listen_for_metrics()
         self.server.start()
         self.spool = Spool(
             config.state_dir / "spool.db",
@@ -111,12 +110,35 @@ class Agent:
             ),
         )
 
+    def _listen_for_metrics(self) -> MetricsServer:
+        """The metrics listener, bound; an address that cannot be used is a ``ConfigError``
+        at ``metrics.listen`` (exit 2)."""
+        host, port = self.config.metrics.host, self.config.metrics.port
+        try:
+            return MetricsServer(
+                host,
+                port,
+                self.registry,
+                self.healthy,
+                self.ready,
+                self.metrics.metrics_connections_refused,
+            )
+        except OSError as exc:
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                problem = f"{address} is in use"
+            else:
+                problem = f"cannot listen on {address}: {exc.strerror or exc}"
+            raise ConfigError([Problem("metrics.listen", problem)]) from exc
+
     def _build_source(
         self, source_config: FileSourceConfig | SocketSourceConfig, processor: LineProcessor
     ) -> Source:
         assert self.spool is not None
         if isinstance(source_config, FileSourceConfig):
-            return FileSource(source_config, self.spool, processor, self.metrics)
+            return FileSource(
+                source_config, self.spool, processor, self.metrics, self.config.state_dir
+            )
         return UnixSocketSource(source_config, self.spool, processor, self.metrics)
 
     # -- health -----------------------------------------------------------------------

@@ -3,6 +3,12 @@
 Metrics are declared against an injected ``CollectorRegistry`` so each agent (and each
 test) has its own. Label values come from closed sets: source and webhook names from the
 config, event types, outcomes, status codes. Never a path, an address or a payload.
+
+Logging: ``setup_logging`` sends every logger (tailhook's and its libraries') to stderr
+as one JSON object per line (or text), and routes what Python would otherwise print raw
+there (an uncaught exception in any thread, an exception it cannot raise, a warning)
+into log lines, the traceback a field. ``ThrottledWarning`` is a warning that may repeat
+for every connection or file, logged at most every few seconds.
 """
 
 from __future__ import annotations
@@ -10,7 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+import traceback
+from types import TracebackType
 from typing import Any
 
 from prometheus_client import (
@@ -69,6 +78,29 @@ class Metrics:
             "tailhook_socket_connections_refused_total",
             "Connections to a unix_socket source closed at once: max_connections were open.",
             ["source"],
+            registry=r,
+        )
+        self.socket_idle_closed = Counter(
+            "tailhook_socket_connections_idle_closed_total",
+            "Stream clients of a unix_socket source closed after idle_timeout without a byte.",
+            ["source"],
+            registry=r,
+        )
+        self.source_files = Gauge(
+            "tailhook_source_files",
+            "Files a file source has open and is tailing.",
+            ["source"],
+            registry=r,
+        )
+        self.source_errors = Counter(
+            "tailhook_source_errors_total",
+            "Failures to open or read a source's input, by reason: permission, not_found, io.",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.metrics_connections_refused = Counter(
+            "tailhook_metrics_connections_refused_total",
+            "Connections to the metrics listener closed at once: all its slots were busy.",
             registry=r,
         )
         self.socket_fragments_dropped = Counter(
@@ -187,13 +219,123 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(level: str, fmt: str) -> None:
-    """Send the ``agent`` loggers to stderr in the configured format."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send every logger to stderr in the configured format: tailhook's at ``level``, its
+    libraries' (watchdog, urllib3) at warning or above. Uncaught exceptions of any
+    thread, exceptions Python cannot raise, and warnings become log lines too, so nothing
+    but log lines ever reaches stderr."""
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger("agent")
+    threshold = logging.getLevelName(level.upper())
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    root.setLevel(max(logging.WARNING, threshold))
+    ours = logging.getLogger("agent")
+    ours.handlers.clear()
+    ours.setLevel(threshold)
+    ours.propagate = True
+    logging.captureWarnings(True)  # to the "py.warnings" logger, then to the handler above
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_exception
+    sys.unraisablehook = _log_unraisable
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that reports a record it cannot format (``"%d" % "x"``) as a log
+    line of its own, instead of logging's raw ``--- Logging error ---`` text."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        failure = logging.LogRecord(
+            "agent.logging",
+            logging.ERROR,
+            record.pathname,
+            record.lineno,
+            "A log line could not be formatted; its message is a field",
+            None,
+            sys.exc_info(),
+        )
+        failure.fields = {"record_logger": record.name, "record_message": str(record.msg)[:1000]}
+        try:
+            self.stream.write(self.format(failure) + self.terminator)
+            self.flush()
+        except Exception:  # noqa: BLE001 - stderr itself failed: nowhere left to say so
+            pass
+
+
+_crash_log = logging.getLogger("agent.crash")
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    """``sys.excepthook``: the exception that ends the program, as one log line."""
+    if issubclass(kind, KeyboardInterrupt):
+        _crash_log.info("Interrupted")
+        return
+    _crash_log.critical(
+        "tailhook stopped on an unexpected error",
+        exc_info=(kind, value, tb),
+        extra=fields(error=_describe(value)),
+    )
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: an exception that ended a thread, as one log line."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else None
+    value = args.exc_value
+    _crash_log.error(
+        "A thread ended on an unexpected error",
+        exc_info=(args.exc_type, value, args.exc_traceback) if value is not None else None,
+        extra=fields(thread=name, error=_describe(value)),
+    )
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    """``sys.unraisablehook``: an exception Python could not raise (in ``__del__``, say)."""
+    value = unraisable.exc_value
+    _crash_log.warning(
+        unraisable.err_msg or "Exception ignored",
+        exc_info=(unraisable.exc_type, value, unraisable.exc_traceback)
+        if value is not None
+        else None,
+        extra=fields(object=_safe_repr(unraisable.object), error=_describe(value)),
+    )
+
+
+def _safe_repr(thing: object) -> str:
+    try:
+        return repr(thing)[:200]
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not hide the error
+        return f"<{type(thing).__name__}: repr failed: {type(exc).__name__}>"
+
+
+def _describe(value: BaseException | None) -> str:
+    if value is None:
+        return ""
+    return "".join(traceback.format_exception_only(type(value), value)).strip()
+
+
+class ThrottledWarning:
+    """A warning that may repeat for every connection (or file), logged at most once every
+    ``every`` seconds, saying how many it did not log since."""
+
+    def __init__(self, logger: logging.Logger, message: str, every: float = 10.0) -> None:
+        self.logger = logger
+        self.message = message
+        self.every = every
+        self._last = -every
+        self._skipped = 0
+        self._lock = threading.Lock()
+
+    def warn(self, **values: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self.every:
+                self._skipped += 1
+                return
+            skipped, self._skipped, self._last = self._skipped, 0, now
+        self.logger.warning(self.message, extra=fields(**values, not_logged_since=skipped))
 
 
 def fields(**values: Any) -> dict[str, Any]:

@@ -408,3 +408,93 @@ def test_datagram_lines_too_long_and_datagrams_too_big(
             5,
         )
     assert received_ids(receiver.bodies_json()) == [f"hit-{n}" for n in range(kept + 1)]
+
+
+# --- idle clients ------------------------------------------------------------------------
+
+
+def test_idle_clients_are_closed_after_idle_timeout_so_a_new_writer_gets_in(
+    tmp_path: Path, short_dir: Path, receiver: Receiver
+) -> None:
+    path = short_dir / "s.sock"
+    config = socket_config(tmp_path, receiver.url, path, max_connections=2, idle_timeout=2.0)
+    with running_agent(config) as agent:
+        errors = agent.registry.get_sample_value  # exported at 0 from the start
+        assert errors("tailhook_source_errors_total", {"source": "sock", "reason": "io"}) == 0
+        connected = time.monotonic()
+        idle = [connect(path), connect(path)]
+        try:
+            idle[1].sendall(hit_line(0)[:40])  # a fragment it never finishes
+            assert wait_until(
+                lambda: metric(agent, "tailhook_socket_connections", source="sock") == 2, 5
+            )
+            with connect(path) as refused, contextlib.suppress(ConnectionResetError):
+                assert refused.recv(1) == b""  # every slot is held
+            assert time.monotonic() - connected < 2.0, "too slow to see the slots held"
+            for client in idle:  # closed by the agent: an end of stream, not a timeout
+                assert client.recv(1) == b""
+            assert time.monotonic() - connected >= 2.0
+            assert (
+                metric(agent, "tailhook_socket_connections_idle_closed_total", source="sock") == 2
+            )
+            assert metric(agent, "tailhook_socket_fragments_dropped_total", source="sock") == 1
+            assert wait_until(
+                lambda: metric(agent, "tailhook_socket_connections", source="sock") == 0, 5
+            )
+            with connect(path) as writer:
+                writer.sendall(hit_line(1) + b"\n")
+            assert ids_received(receiver, 1)
+        finally:
+            for client in idle:
+                client.close()
+    assert received_ids(receiver.bodies_json()) == ["hit-1"]
+
+
+def test_a_slow_but_steady_writer_is_not_idle(
+    tmp_path: Path, short_dir: Path, receiver: Receiver
+) -> None:
+    path = short_dir / "s.sock"
+    config = socket_config(tmp_path, receiver.url, path, idle_timeout=1.0)
+    line = hit_line(7) + b"\n"
+    pieces = [line[i : i + 60] for i in range(0, len(line), 60)]
+    with running_agent(config) as agent, connect(path) as client:
+        started = time.monotonic()
+        for piece in pieces:  # a piece every 0.3 s, for longer than idle_timeout in all
+            client.sendall(piece)
+            time.sleep(0.3)
+        assert time.monotonic() - started > 2.0
+        assert ids_received(receiver, 1)
+        assert metric(agent, "tailhook_socket_connections_idle_closed_total", source="sock") == 0
+        assert metric(agent, "tailhook_socket_connections", source="sock") == 1
+    assert received_ids(receiver.bodies_json()) == ["hit-7"]
+
+
+def test_a_writer_held_back_by_a_full_spool_is_not_idle(
+    tmp_path: Path, short_dir: Path, receiver: Receiver
+) -> None:
+    """While the spool is full nothing is read; the writer blocked in send() has bytes
+    waiting, so it is not closed however long that lasts."""
+    path = short_dir / "s.sock"
+    spool = SpoolConfig(max_bytes=20_000, when_full="block")
+    receiver.answer_with(503)
+    data = b"".join(hit_line(n) + b"\n" for n in range(5000))
+    config = socket_config(tmp_path, receiver.url, path, spool=spool, idle_timeout=0.5)
+    with running_agent(config) as agent:
+        client = connect(path, timeout=1.0)
+        try:
+            sent = 0
+            with pytest.raises(TimeoutError):  # held back for a second: twice idle_timeout
+                while sent < len(data):
+                    sent += client.send(data[sent : sent + 65536])
+            time.sleep(1.0)  # held back longer still
+            receiver.answer_with(200)
+            end = data.index(b"\n", sent) + 1
+            client.settimeout(10)
+            client.sendall(data[sent:end])
+        finally:
+            client.close()
+        written = data[:end].count(b"\n")
+        everything = {f"hit-{n}" for n in range(written)}
+        assert wait_until(lambda: set(received_ids(receiver.bodies_json())) >= everything, 15)
+        assert metric(agent, "tailhook_socket_connections_idle_closed_total", source="sock") == 0
+        assert metric(agent, "tailhook_socket_fragments_dropped_total", source="sock") == 0

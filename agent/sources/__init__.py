@@ -6,10 +6,24 @@ is a ``Source``: started once, asked to stop once, with a thread of its own.
 
 from __future__ import annotations
 
+import errno
 import threading
 from typing import Protocol
 
 from agent.spool.capacity import read_bytes
+
+#: Why a source could not open or read its input: the ``reason`` label of
+#: ``tailhook_source_errors_total``.
+ERROR_REASONS = ("permission", "not_found", "io")
+
+
+def error_reason(exc: OSError) -> str:
+    """The ``reason`` label of an ``OSError`` met opening or reading an input."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission"
+    if exc.errno == errno.ENOENT:
+        return "not_found"
+    return "io"
 
 
 def commit_bytes(spool_max_bytes: int) -> int:

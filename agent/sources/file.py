@@ -7,12 +7,15 @@ with the events it produced (``Spool.append``), never ahead of them.
 
 Changes are noticed through watchdog (inotify, or polling with ``watch: poll``), and by
 a rescan every second whatever the watcher says, so a missed event costs a second, not
-a line.
+a line. Which files match, which are tailhook's own, and when to try again a file that
+could not be opened: ``agent.sources.discovery``.
+
+A file found at start but not readable yet keeps its checkpoint (and ``start_at``), so
+it is read from where it was once it can be opened.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import threading
@@ -28,7 +31,8 @@ from watchdog.observers.polling import PollingObserver
 from agent.config import FileSourceConfig
 from agent.errors import StateError
 from agent.pipeline import LineProcessor
-from agent.sources import commit_bytes
+from agent.sources import ERROR_REASONS, commit_bytes
+from agent.sources.discovery import FileFinder, file_key, static_prefix
 from agent.sources.lines import LineSplitter
 from agent.spool import Checkpoint, Spool
 from agent.telemetry import Metrics, fields
@@ -43,10 +47,6 @@ FINGERPRINT_BYTES = 1024
 RESCAN_SECONDS = 1.0
 #: The checkpoint that marks a source as started once, so ``start_at`` applies only once.
 STARTED_KEY = "*"
-
-
-def file_key(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}"
 
 
 def read_fingerprint(fd: int) -> bytes:
@@ -111,7 +111,9 @@ class FileSource(Worker):
         spool: Spool,
         processor: LineProcessor,
         metrics: Metrics,
+        state_dir: Path | None = None,
     ) -> None:
+        """``state_dir``: files that really lie inside it are never read."""
         super().__init__(f"source-{config.name}", {"source": config.name})
         self.name = config.name
         self.config = config
@@ -126,6 +128,15 @@ class FileSource(Worker):
         self._lines = metrics.source_lines.labels(source=self.name)
         self._bytes = metrics.source_bytes.labels(source=self.name)
         self._lag = metrics.file_lag.labels(source=self.name)
+        self._open_files = metrics.source_files.labels(source=self.name)
+        errors = {
+            reason: metrics.source_errors.labels(source=self.name, reason=reason)
+            for reason in ERROR_REASONS
+        }
+        self.finder = FileFinder(self.name, config.paths, state_dir, errors)
+        #: Files found at start that could not be opened yet: the checkpoint and
+        #: ``start_at`` they get once they can be.
+        self._deferred: dict[str, tuple[Checkpoint | None, bool]] = {}
         self.started = threading.Event()
         self._last_scan = 0.0
         self._commit_bytes = commit_bytes(spool.max_bytes)
@@ -143,6 +154,7 @@ class FileSource(Worker):
         for tailed in self.files.values():
             os.close(tailed.fd)
         self.files.clear()
+        self._open_files.set(0)
 
     def step(self) -> bool:
         """Start once, rescan now and then, read what is new, or wait for news."""
@@ -189,7 +201,7 @@ class FileSource(Worker):
         Watching each target directory would cut that to milliseconds but costs watchdog
         a thread per directory (measured: 108 threads for 100 pods)."""
         for pattern in self.config.paths:
-            directory = _static_prefix(pattern)
+            directory = static_prefix(pattern)
             self._watch(directory, recursive=directory != os.path.dirname(pattern))
 
     def _watch(self, directory: str, recursive: bool) -> None:
@@ -212,32 +224,22 @@ class FileSource(Worker):
 
     # -- finding files ----------------------------------------------------------------
 
-    def _matches(self) -> dict[str, tuple[str, os.stat_result]]:
-        """The files the globs match now, by identity."""
-        found: dict[str, tuple[str, os.stat_result]] = {}
-        for pattern in self.config.paths:
-            for path in sorted(glob.glob(pattern)):
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if os.path.isfile(path):
-                    found.setdefault(file_key(st), (path, st))
-        return found
-
     def _open_initial(self) -> None:
         checkpoints = self.spool.checkpoints(self.name)
         # A spool replaced after damage knows no files: read them again from the start.
         first_start = STARTED_KEY not in checkpoints and not self.spool.recovered
-        for key, (path, st) in self._matches().items():
-            at_end = first_start and self.config.start_at == "end"
-            self._open(key, path, st, checkpoints.get(key), at_end)
-        gone = [key for key in checkpoints if key != STARTED_KEY and key not in self.files]
+        at_end = first_start and self.config.start_at == "end"
+        for key, (path, st) in self.finder.matches(self.files).items():
+            if not self._open(key, path, st, checkpoints.get(key), at_end):
+                self._deferred[key] = (checkpoints.get(key), at_end)
+        found = self.files.keys() | self._deferred.keys()
+        gone = [key for key in checkpoints if key != STARTED_KEY and key not in found]
         self.spool.forget_checkpoints(self.name, gone)
         marker = Checkpoint(STARTED_KEY, "", 0, b"")
         self.spool.append(self.name, None, marker)
         for tailed in self.files.values():
             self.spool.append(self.name, None, tailed.checkpoint())
+        self._open_files.set(len(self.files))
 
     def _open(
         self,
@@ -246,16 +248,21 @@ class FileSource(Worker):
         st: os.stat_result,
         checkpoint: Checkpoint | None,
         at_end: bool,
-    ) -> None:
+    ) -> bool:
+        """Open and start tailing ``path``; False if it cannot be opened (now)."""
+        if not self.finder.due(path, key):
+            return False
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            log.warning(
-                "Cannot open a log file", extra=fields(source=self.name, path=path, error=str(exc))
-            )
-            return
+            self.finder.failed(path, key, exc)
+            return False
+        self.finder.succeeded(path)
         actual = os.fstat(fd)
         key = file_key(actual)
+        if key in self.files:  # replaced, between the glob and the open, by one we tail
+            os.close(fd)
+            return True
         fingerprint = read_fingerprint(fd)
         start = 0
         if checkpoint is not None and same_file(checkpoint, fingerprint):
@@ -267,19 +274,27 @@ class FileSource(Worker):
             key, path, fd, start, splitter, fingerprint, mark=_bytes_before(fd, start)
         )
         log.info("Tailing a file", extra=fields(source=self.name, path=path, offset=start))
+        return True
 
     def _scan(self) -> None:
         """Pick up new files, notice rotated and deleted ones, release finished ones."""
         self._watch_directories()
-        matches = self._matches()
+        matches = self.finder.matches(self.files)
         now = time.monotonic()
         for key, (path, st) in matches.items():
             tailed = self.files.get(key)
             if tailed is None:
-                self._open(key, path, st, None, at_end=False)
+                checkpoint, at_end = self._deferred.get(key, (None, False))
+                if self._open(key, path, st, checkpoint, at_end):
+                    self._deferred.pop(key, None)
             else:
                 tailed.path = path
                 tailed.rotated_at = None
+        gone = [key for key in self._deferred if key not in matches]
+        if gone:  # found at start, never opened, and now gone
+            for key in gone:
+                del self._deferred[key]
+            self.spool.forget_checkpoints(self.name, gone)
         lag = 0
         for key, tailed in list(self.files.items()):
             if self._rewritten(tailed):
@@ -296,6 +311,7 @@ class FileSource(Worker):
             if idle >= self.config.rotate_wait and st.st_size <= tailed.read_pos:
                 self._release(tailed)
         self._lag.set(lag)
+        self._open_files.set(len(self.files))
 
     def _release(self, tailed: TailedFile) -> None:
         log.info(
@@ -383,17 +399,6 @@ class FileSource(Worker):
 def _bytes_before(fd: int, offset: int, size: int = FINGERPRINT_BYTES) -> bytes:
     start = max(0, offset - size)
     return os.pread(fd, offset - start, start)
-
-
-def _static_prefix(pattern: str) -> str:
-    """The longest leading directory of a glob with no wildcard in it."""
-    parts = Path(pattern).parent.parts
-    static: list[str] = []
-    for part in parts:
-        if glob.has_magic(part):
-            break
-        static.append(part)
-    return str(Path(*static)) if static else "."
 
 
 def _end_of_last_line(fd: int, size: int) -> int:

@@ -4,6 +4,9 @@
 newline-delimited lines; each connection has its own ``LineSplitter``, so a line sent in
 pieces is joined and lines of different writers never mix. A writer that goes away in
 the middle of a line loses that fragment alone (``tailhook_socket_fragments_dropped_total``).
+A client that has sent nothing for ``idle_timeout`` and has nothing waiting to be read
+is closed, like one that left, so idle clients cannot hold every ``max_connections``
+slot. (A writer held back by a full spool always has bytes waiting: it is not idle.)
 ``mode: datagram``: each datagram carries one or more lines, the last newline optional.
 
 One thread runs a ``selectors`` loop over the listening socket and the connections,
@@ -29,16 +32,16 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.config import SocketSourceConfig
 from agent.errors import SourceError
 from agent.pipeline import LineProcessor
-from agent.sources import commit_bytes
+from agent.sources import ERROR_REASONS, commit_bytes
 from agent.sources.lines import LineSplitter
 from agent.sources.socket_path import open_socket, remove_socket_file
 from agent.spool import NewSegment, Spool
-from agent.telemetry import Metrics, fields
+from agent.telemetry import Metrics, ThrottledWarning, fields
 from agent.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -50,28 +53,8 @@ DATAGRAM_BYTES = 256 * 1024
 RCVBUF_BYTES = 1024 * 1024
 ACCEPTS_PER_ROUND = 64
 SELECT_SECONDS = 1.0
-#: A warning that may repeat for every connection is logged at most this often.
-WARN_EVERY = 10.0
 MAX_PATH_BYTES = 107
 _PEERCRED = struct.Struct("3i")
-
-
-class _Throttled:
-    """One warning, logged at most once every ``WARN_EVERY`` s, saying how many it skipped."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        self._last = -WARN_EVERY
-        self._skipped = 0
-
-    def warn(self, **values: object) -> None:
-        now = time.monotonic()
-        if now - self._last < WARN_EVERY:
-            self._skipped += 1
-            return
-        log.warning(self.message, extra=fields(**values, not_logged_since=self._skipped))
-        self._last = now
-        self._skipped = 0
 
 
 @dataclass
@@ -81,6 +64,7 @@ class Connection:
     sock: socket.socket
     splitter: LineSplitter
     peer_pid: int | None
+    last_active: float = field(default_factory=time.monotonic)  # when it last sent a byte
 
 
 class UnixSocketSource(Worker):
@@ -117,11 +101,24 @@ class UnixSocketSource(Worker):
         self._fragments = metrics.socket_fragments_dropped.labels(source=self.name)
         self._refused = metrics.socket_connections_refused.labels(source=self.name)
         self._open = metrics.socket_connections.labels(source=self.name)
-        self._refused_log = _Throttled("Too many connections; a new one was closed at once")
-        self._fragment_log = _Throttled("A client went away in the middle of a line; it is lost")
-        self._truncated_log = _Throttled(
-            "A datagram was longer than the receive buffer; the line cut at its end is lost"
+        self._idle_closed = metrics.socket_idle_closed.labels(source=self.name)
+        self._errors = {
+            reason: metrics.source_errors.labels(source=self.name, reason=reason)
+            for reason in ERROR_REASONS
+        }
+        self._refused_log = ThrottledWarning(
+            log, "Too many connections; a new one was closed at once"
         )
+        self._fragment_log = ThrottledWarning(
+            log, "A client went away in the middle of a line; it is lost"
+        )
+        self._truncated_log = ThrottledWarning(
+            log, "A datagram was longer than the receive buffer; the line cut at its end is lost"
+        )
+        self._idle_log = ThrottledWarning(
+            log, "Closed a client that sent nothing for longer than idle_timeout"
+        )
+        self._last_sweep = time.monotonic()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -170,6 +167,7 @@ class UnixSocketSource(Worker):
             ready = ready[self._turn :] + ready[: self._turn]
         lines: list[bytes] = []
         received = 0
+        self._close_idle({key.fd for key, _ in ready})
         for key, _ in ready:
             budget = self._commit_bytes - received
             if budget <= 0:
@@ -209,6 +207,7 @@ class UnixSocketSource(Worker):
             except BlockingIOError:
                 return
             except OSError as exc:  # out of file descriptors, say: try again shortly
+                self._errors["io"].inc()
                 log.warning(
                     "Cannot accept a connection", extra=fields(source=self.name, error=str(exc))
                 )
@@ -241,6 +240,7 @@ class UnixSocketSource(Worker):
             if not data:
                 self._close_connection(conn)
                 break
+            conn.last_active = time.monotonic()
             received += len(data)
             self._split(conn.splitter, data, lines)
         return received
@@ -277,6 +277,20 @@ class UnixSocketSource(Worker):
                 pass
 
     # -- closing ----------------------------------------------------------------------
+
+    def _close_idle(self, ready: set[int]) -> None:
+        """Close stream clients that sent nothing for ``idle_timeout`` (and have nothing
+        waiting to be read), so idle clients cannot hold every connection slot."""
+        now = time.monotonic()
+        limit = self.config.idle_timeout
+        if now - self._last_sweep < min(SELECT_SECONDS, limit / 4):
+            return
+        self._last_sweep = now
+        for fd, conn in list(self.connections.items()):
+            if fd not in ready and now - conn.last_active >= limit:
+                self._idle_closed.inc()
+                self._idle_log.warn(source=self.name, idle_timeout=limit, peer_pid=conn.peer_pid)
+                self._close_connection(conn)
 
     def _close_connection(self, conn: Connection) -> None:
         if conn.splitter.pending:

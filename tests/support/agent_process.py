@@ -57,10 +57,18 @@ def file_source_yaml(
 class AgentProcess:
     """One ``tailhook run -c CONFIG`` process; use as a context manager."""
 
-    def __init__(self, config: Path, log_path: Path, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path,
+        start_timeout: float = 30.0,
+        command_prefix: tuple[str, ...] = (),
+    ) -> None:
+        """``command_prefix``: a command that runs tailhook (``setpriv ...``), if any."""
         self.config = config
         self.log_path = log_path
         self.start_timeout = start_timeout
+        self.command_prefix = command_prefix
         self.process: subprocess.Popen[bytes] | None = None
         self.base = ""
 
@@ -73,7 +81,15 @@ class AgentProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "-c", str(self.config)],
+                [
+                    *self.command_prefix,
+                    sys.executable,
+                    "-m",
+                    "agent",
+                    "run",
+                    "-c",
+                    str(self.config),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 cwd=REPO,
