@@ -52,6 +52,7 @@ from agent.spool.segments import (
     position,
 )
 from agent.telemetry import Metrics, fields
+from agent.worker import heartbeat
 
 __all__ = ["Batch", "Checkpoint", "NewSegment", "Spool", "new_webhook_id"]
 
@@ -505,6 +506,7 @@ class Spool:
         while self._bytes + size > self.max_bytes and self._bytes > 0:
             if self._closed or (stop is not None and stop.is_set()):
                 return False
+            heartbeat()  # the source waits for room: it is not stuck
             self._changed.wait(0.5)
         return True
 
