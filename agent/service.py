@@ -206,12 +206,12 @@ class Agent:
             while not stop.wait(1.0):
                 pass
         finally:
+            watchdog.stop()  # systemd watches no more once STOPPING=1 came
             self.notifier.stopping(
                 "stopping: sending what can be sent",
                 extend_timeout=self.config.shutdown_timeout + STOP_MARGIN,
             )
             self.stop()
-            watchdog.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
