@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -167,7 +168,7 @@ def test_the_watchdog_pings_every_half_interval_while_healthy_and_stops_when_not
         try:
             pings = systemd.wait_count("WATCHDOG", 5)
             gaps = [b.at - a.at for a, b in itertools.pairwise(pings)]
-            assert all(0.15 <= gap <= 0.35 for gap in gaps), gaps  # half of 0.4 s
+            assert 0.17 <= statistics.median(gaps) <= 0.3 and min(gaps) >= 0.15, gaps  # 0.4 / 2
             assert systemd.wait_for("STATUS").fields["STATUS"] == "7 events/s read"
 
             with caplog.at_level(logging.ERROR, logger="agent.notify"):
