@@ -27,6 +27,7 @@ from agent.config import Config, FileSourceConfig, SocketSourceConfig
 from agent.errors import ConfigError, Problem, SourceError, StateError
 from agent.formats import MappingContext, load_format
 from agent.httpd import MetricsServer
+from agent.notify import Notifier, StatusLine, Watchdog
 from agent.pipeline import LineProcessor
 from agent.pipeline.rejected import RejectedLog
 from agent.replay import answer_requests
@@ -37,10 +38,13 @@ from agent.sources.unix_socket import UnixSocketSource
 from agent.spool import Spool
 from agent.statedir import StateDirLock, check_state_dir
 from agent.telemetry import Metrics, fields
+from agent.worker import loop_problems
 
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL = 1.0
+#: What stopping may take beyond ``shutdown_timeout``: sources ending, the spool closing.
+STOP_MARGIN = 20.0
 
 
 class Agent:
@@ -58,6 +62,7 @@ class Agent:
         self._requests_refused = False
         self._stop = threading.Event()
         self._ready = False
+        self.notifier = Notifier(None)  # systemd's, once ``run_until_signalled`` runs
         self._gauges = threading.Thread(target=self._update_gauges, name="gauges", daemon=True)
 
     # -- start ------------------------------------------------------------------------
@@ -144,10 +149,10 @@ class Agent:
     # -- health -----------------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
-        dead = [s.name for s in self.sources if not s.is_alive()]
-        dead += [s.name for s in self.sinks if not s.is_alive()]
-        if self._ready and dead and not self._stop.is_set():
-            return False, "stopped: " + ", ".join(dead)
+        """Every source and sink loop alive and not stuck (``/healthz``, the watchdog)."""
+        problems = loop_problems([*self.sources, *self.sinks], time.monotonic())
+        if self._ready and problems and not self._stop.is_set():
+            return False, "; ".join(problems)
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
@@ -236,11 +241,21 @@ class Agent:
             stop.set()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        # systemd: READY=1 once started, WATCHDOG=1 while healthy, STOPPING=1 (agent.notify)
+        self.notifier = Notifier.from_environment()
+        watchdog = Watchdog(self.notifier, self.healthy, StatusLine(self.metrics).text)
         try:
             self.start()
+            self.notifier.ready(f"running: {len(self.sources)} sources, {len(self.sinks)} webhooks")
+            watchdog.start()
             while not stop.wait(1.0):
                 pass
         finally:
+            watchdog.stop()  # systemd watches no more once STOPPING=1 came
+            self.notifier.stopping(
+                "stopping: sending what can be sent",
+                extend_timeout=self.config.shutdown_timeout + STOP_MARGIN,
+            )
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

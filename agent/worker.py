@@ -16,9 +16,11 @@ logged once per outage as an ERROR, then once more when it ends; any other excep
 logged with its traceback and the loop goes on after a pause (as sentry-python's
 background worker does). Nothing but a stop ends the loop.
 
-``beat`` is the monotonic time the loop last began a step: a supervisor (the systemd
-watchdog) can tell a loop that is stuck from one that is merely idle, since every step
-returns within a bounded time.
+``beat`` is the monotonic time the loop last showed progress: it began a step, came back
+from a ``pause``, or (through ``heartbeat()``) waited for something that is not its own
+fault, such as room in a full spool. Every step returns within ``step_budget`` seconds,
+the pauses it asks for not counted, so ``overdue`` tells a loop that is stuck from one
+that is merely idle or waiting: the systemd watchdog and ``/healthz`` ask it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from agent.errors import StateError
 from agent.telemetry import fields
@@ -35,6 +38,42 @@ log = logging.getLogger(__name__)
 
 #: Pause after a failure that is not the input's or the receiver's.
 RECOVERY_WAIT = 1.0
+#: How long a step may take, pauses not counted, before its loop counts as stuck: a read
+#: and a commit, a rescan, a select round take well under a second; this leaves room for
+#: a slow disk or a name lookup. A sink adds its request timeouts.
+STEP_BUDGET = 30.0
+
+_running = threading.local()  # .worker: the Worker whose loop runs in this thread
+
+
+def heartbeat() -> None:
+    """The worker running in this thread is waiting, not stuck (the spool is full and it
+    waits for room): refresh its ``beat``. Does nothing in any other thread."""
+    worker: Worker | None = getattr(_running, "worker", None)
+    if worker is not None:
+        worker.beat = time.monotonic()
+
+
+class Loop(Protocol):
+    """What health checks see of a source or a sink."""
+
+    name: str
+
+    def is_alive(self) -> bool: ...
+
+    def overdue(self, now: float) -> float: ...
+
+
+def loop_problems(loops: Iterable[Loop], now: float) -> list[str]:
+    """What is wrong with each loop that is not healthy: ``NAME stopped`` (its thread
+    ended) or ``NAME stuck for N s`` (no progress for N s past its ``step_budget``)."""
+    problems = []
+    for loop in loops:
+        if not loop.is_alive():
+            problems.append(f"{loop.name} stopped")
+        elif (late := loop.overdue(now)) > 0:
+            problems.append(f"{loop.name} stuck for {late:.0f} s past its step budget")
+    return problems
 
 
 class Worker:
@@ -47,6 +86,9 @@ class Worker:
     def __init__(self, thread_name: str, context: dict[str, Any]) -> None:
         self.context = context  # the fields every log line carries (source=..., webhook=...)
         self.beat = time.monotonic()
+        #: Seconds a step may take, its pauses not counted (see ``overdue``).
+        self.step_budget = STEP_BUDGET
+        self._resting_until = 0.0  # the end of the pause in progress (0: none)
         self._stop = threading.Event()  # asked to stop (perhaps with a deadline)
         self._halt = threading.Event()  # asked to end now: pauses end at once
         self._deadline: float | None = None
@@ -88,12 +130,22 @@ class Worker:
 
     def pause(self, seconds: float) -> bool:
         """Wait ``seconds``, or less if the worker halts (or its deadline comes first).
-        Returns False if the worker must end."""
+        Returns False if the worker must end. A pause is not being stuck."""
         until = time.monotonic() + seconds
         if self._deadline is not None:
             until = min(until, self._deadline)
+        self._resting_until = until
         self._halt.wait(max(0.0, until - time.monotonic()))
+        self.beat = time.monotonic()  # before the pause ends for ``overdue``: no gap
+        self._resting_until = 0.0
         return not self.halted
+
+    def overdue(self, now: float) -> float:
+        """Seconds the loop is past ``step_budget`` without showing progress, pauses not
+        counted; 0.0 for a loop that is working, idle or waiting as it should."""
+        resting_until = self._resting_until  # read first: ``pause`` writes it last
+        last = max(self.beat, resting_until)
+        return max(0.0, now - last - self.step_budget)
 
     # -- what subclasses provide ------------------------------------------------------
 
@@ -114,6 +166,7 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        _running.worker = self
         try:
             self.setup()
             self._loop()

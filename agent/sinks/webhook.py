@@ -103,6 +103,8 @@ class WebhookSink(Worker):
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(f"webhook-{config.name}", {"webhook": config.name})
+        # A step may wait for a batch to fill, then make one attempt (backoff is a pause).
+        self.step_budget += config.batch.max_wait + config.connect_timeout + config.request_timeout
         self.name = config.name
         self.config = config
         self.spool = spool

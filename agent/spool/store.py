@@ -50,6 +50,7 @@ from agent.spool.segments import (
     position,
 )
 from agent.telemetry import Metrics, fields
+from agent.worker import heartbeat
 
 __all__ = ["Batch", "Checkpoint", "NewSegment", "Spool", "new_webhook_id"]
 
@@ -187,6 +188,7 @@ class Spool:
                     )
                 if stop is not None and stop.is_set():
                     return False
+                heartbeat()  # the source waits for room: it is not stuck
                 self._changed.wait(FULL_WAIT)
                 if self._closed:
                     return False
