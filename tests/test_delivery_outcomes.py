@@ -51,7 +51,7 @@ class Sink:
 
 def open_spool(state_dir: Path, hook: WebhookConfig, metrics: Metrics) -> Spool:
     spool = Spool(state_dir / "spool.db", metrics)
-    spool._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    spool._db.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     spool.configure_webhooks({hook.name: hook.events})
     return spool
 
@@ -139,6 +139,8 @@ def test_a_delivery_the_spool_cannot_record_is_not_sent_again(
         lock.release()
         wait_until(lambda: run.spool.backlog("soc") == 0, 5, "the delivery to be recorded")
         assert run.spool.open_batch("soc") is None
+        run.spool.probe()  # the agent's gauge loop does this every second
+        assert run.spool.writable
         run.spool.append("test", NewSegment.of([hit(3)]))
         wait_until(
             lambda: run.value("tailhook_webhook_events_delivered_total", event_type="hit") == 3,

@@ -120,9 +120,9 @@ def test_a_stuck_webhook_loop_stops_the_pings_and_fails_healthz_an_idle_one_does
         release = threading.Event()
         send = sink.transport.send
 
-        def stuck_send(body: bytes, headers: dict[str, str]) -> Answer:
+        def stuck_send(body: bytes, headers: dict[str, str], cut: float | None = None) -> Answer:
             release.wait(60)
-            return send(body, headers)
+            return send(body, headers, cut)
 
         sink.transport.send = stuck_send  # type: ignore[method-assign]
         with caplog.at_level(logging.ERROR, logger="agent.notify"):

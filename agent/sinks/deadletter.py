@@ -13,6 +13,8 @@ this process wait meanwhile, so an entry is neither lost nor replayed twice.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import threading
 import time
@@ -46,8 +48,9 @@ def write_dead_letter(
     response: bytes,
     body: bytes,
 ) -> None:
-    """Append one batch to the webhook's dead-letter file and fsync it (StateError if
-    it cannot be written: the batch then stays in flight)."""
+    """Append one batch to the webhook's dead-letter file and fsync it. Raises OSError
+    if it cannot be written, leaving no part of the entry behind (the caller keeps the
+    batch and writes it again later)."""
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "webhook": webhook,
@@ -60,17 +63,18 @@ def write_dead_letter(
     data = orjson.dumps(entry) + b"\n"
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     with _FILES:
+        fd = open_file(state_dir, DIRECTORY, f"{webhook}.jsonl", flags=flags)
         try:
-            fd = open_file(state_dir, DIRECTORY, f"{webhook}.jsonl", flags=flags)
-        except OSError as exc:
-            path = dead_letter_path(state_dir, webhook)
-            raise StateError(f"cannot write the dead letters {path}: {exc.strerror}") from exc
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        except OSError as exc:
-            path = dead_letter_path(state_dir, webhook)
-            raise StateError(f"cannot write the dead letters {path}: {exc.strerror}") from exc
+            size = os.fstat(fd).st_size
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "the entry was written in part")
+                os.fsync(fd)
+            except OSError:
+                # Leave no torn line behind: the retry writes the whole entry again.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
 

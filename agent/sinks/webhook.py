@@ -285,7 +285,7 @@ class WebhookSink(Worker):
                 letter.response,
                 batch.body,
             )
-        except OSError as exc:
+        except (OSError, StateError) as exc:  # StateError: a link or a non-file refused
             if not self._letter_failing:
                 log.error(
                     "A dead letter cannot be written; the batch is kept, not sent again,"
@@ -294,7 +294,7 @@ class WebhookSink(Worker):
                         webhook=self.name,
                         webhook_id=batch.webhook_id,
                         path=str(dead_letter_path(self.state_dir, self.name)),
-                        error=exc.strerror or str(exc),
+                        error=getattr(exc, "strerror", None) or str(exc),
                     ),
                 )
             self._letter_failing = True
