@@ -47,7 +47,7 @@ def run(config_path: Path) -> int:
     for warning in config.warnings:
         log.warning(warning, extra=fields(config=str(config_path)))
     try:
-        return Agent(config).run_until_signalled()
+        return Agent(config).run_until_signalled(config_path)
     except ConfigError as exc:
         _log_problems(exc, config_path)
         return 2

@@ -18,18 +18,21 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
-from agent.config import Config, FileSourceConfig, SocketSourceConfig
+from agent.config import Config, FileSourceConfig, SourceConfig, WebhookConfig
 from agent.errors import ConfigError, Problem, SourceError, StateError
 from agent.formats import MappingContext, load_format
 from agent.httpd import MetricsServer
 from agent.notify import Notifier, StatusLine, Watchdog
 from agent.pipeline import LineProcessor
 from agent.pipeline.rejected import RejectedLog
+from agent.plan import BROKEN, Announcement, Plan, announced_to, plan_reload
+from agent.reload import ConfigWatcher, Reloader, announcement_segment
 from agent.replay import answer_requests
 from agent.sinks.webhook import WebhookSink
 from agent.sources import Source
@@ -43,6 +46,8 @@ from agent.worker import loop_problems
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL = 1.0
+#: How long a reload waits for a stopped loop (a webhook's request is cut at once).
+JOIN_SECONDS = 10.0
 #: What stopping may take beyond ``shutdown_timeout``: sources ending, the spool closing.
 STOP_MARGIN = 20.0
 
@@ -83,24 +88,9 @@ class Agent:
         enabled = [hook for hook in config.webhooks if hook.enabled]
         self.spool.configure_webhooks({hook.name: hook.events for hook in enabled})
         for hook in enabled:
-            sink = WebhookSink(hook, self.spool, self.metrics, config.state_dir)
-            self.sinks.append(sink)
-            sink.start()
-        ctx = MappingContext(console_url=config.console_url)
-        for index, source_config in enumerate(config.sources):
-            processor = LineProcessor(
-                source_config.name,
-                load_format(source_config.format),
-                ctx,
-                self.metrics,
-                RejectedLog(config.state_dir, source_config.name),
-            )
-            source = self._build_source(source_config, processor)
-            try:
-                source.start()
-            except SourceError as exc:  # the path the config names cannot be used
-                raise ConfigError([Problem(f"sources[{index}].path", str(exc))]) from exc
-            self.sources.append(source)
+            self._start_sink(hook)
+        for source_config in config.sources:
+            self._start_source(source_config)
         for source in self.sources:
             source.started.wait(10)
         self._gauges.start()
@@ -136,15 +126,115 @@ class Agent:
                 problem = f"cannot listen on {address}: {exc.strerror or exc}"
             raise ConfigError([Problem("metrics.listen", problem)]) from exc
 
-    def _build_source(
-        self, source_config: FileSourceConfig | SocketSourceConfig, processor: LineProcessor
-    ) -> Source:
+    def _start_sink(self, hook: WebhookConfig) -> None:
         assert self.spool is not None
+        sink = WebhookSink(
+            hook, self.spool, self.metrics, self.config.state_dir, on_broken=self._broken
+        )
+        self.sinks = [*self.sinks, sink]
+        sink.start()
+
+    def _start_source(self, source_config: SourceConfig) -> None:
+        """Build and start one source; a path it cannot use is a ``ConfigError`` at
+        ``sources[N].path``."""
+        assert self.spool is not None
+        config = self.config
+        processor = LineProcessor(
+            source_config.name,
+            load_format(source_config.format),
+            MappingContext(console_url=config.console_url),
+            self.metrics,
+            RejectedLog(config.state_dir, source_config.name),
+        )
+        source: Source
         if isinstance(source_config, FileSourceConfig):
-            return FileSource(
-                source_config, self.spool, processor, self.metrics, self.config.state_dir
+            source = FileSource(
+                source_config, self.spool, processor, self.metrics, config.state_dir
             )
-        return UnixSocketSource(source_config, self.spool, processor, self.metrics)
+        else:
+            source = UnixSocketSource(source_config, self.spool, processor, self.metrics)
+        try:
+            source.start()
+        except SourceError as exc:  # the path the config names cannot be used
+            index = next(i for i, s in enumerate(config.sources) if s.name == source_config.name)
+            raise ConfigError([Problem(f"sources[{index}].path", str(exc))]) from exc
+        self.sources = [*self.sources, source]
+
+    # -- reload -----------------------------------------------------------------------
+
+    def apply(self, new: Config) -> Plan:
+        """Take the running agent from its config to ``new`` (see ``agent.plan``).
+
+        Sources stop first and sinks next, then the spool learns the webhooks (a removed
+        one's backlog goes, counted), announcements are kept, and the new sinks and
+        sources start. A source that cannot start (its socket path is taken) raises
+        ``ConfigError``; the others are running by then.
+        """
+        assert self.spool is not None
+        plan = plan_reload(self.config, new)
+        for name in plan.kept_until_restart:
+            log.warning(
+                "This setting changes only at a restart; the running value stays",
+                extra=fields(setting=name),
+            )
+        self._stop_workers(plan)
+        self.config = plan.config
+        self.spool.when_full = plan.config.spool.when_full
+        enabled = {hook.name: hook.events for hook in plan.config.webhooks if hook.enabled}
+        for name, pending in self.spool.configure_webhooks(enabled).items():
+            reason = "deleted" if name not in {h.name for h in plan.config.webhooks} else "disabled"
+            self.metrics.discarded.labels(webhook=name, reason=reason).inc(pending)
+            log.warning(
+                "A webhook was removed or disabled; its undelivered events are dropped",
+                extra=fields(webhook=name, reason=reason, events=pending),
+            )
+        for announcement in plan.announcements:
+            self._announce(announcement)
+        for hook in plan.start_sinks:
+            self._start_sink(hook)
+        for source_config in plan.start_sources:
+            self._start_source(source_config)
+        for source in self.sources:
+            source.started.wait(10)
+        return plan
+
+    def _stop_workers(self, plan: Plan) -> None:
+        sources = [s for s in self.sources if s.name in plan.stop_sources]
+        sinks = [s for s in self.sinks if s.name in plan.stop_sinks]
+        for source in sources:
+            source.stop()
+        for sink in sinks:
+            sink.stop_now()
+        workers: list[Source | WebhookSink] = [*sources, *sinks]
+        for worker in workers:
+            worker.join(JOIN_SECONDS)
+            if worker.is_alive():
+                log.error(
+                    "A loop did not stop in time; its replacement starts beside it",
+                    extra=fields(name=worker.name),
+                )
+        self.sources = [s for s in self.sources if s not in sources]
+        self.sinks = [s for s in self.sinks if s not in sinks]
+
+    def _announce(self, announcement: Announcement) -> None:
+        """Keep the announcement for every other webhook taking ``system`` events."""
+        assert self.spool is not None
+        targets = announced_to(self.config, announcement)
+        if not targets:
+            return
+        segment = announcement_segment(announcement, self.config.console_url)
+        self.spool.announce(segment, targets)
+        log.info(
+            "Announced a webhook's lifecycle to the other webhooks",
+            extra=fields(
+                action=announcement.action, webhook=announcement.webhook, to=list(targets)
+            ),
+        )
+
+    def _broken(self, webhook: str) -> None:
+        """A webhook's batch expired (``retry.max_elapsed``): announce it, once an outage.
+        Called in that webhook's thread; a StateError makes it try again."""
+        self._announce(Announcement(BROKEN, webhook))
 
     # -- health -----------------------------------------------------------------------
 
@@ -232,25 +322,48 @@ class Agent:
             "Stopped; undelivered events are kept for the next start", extra=fields(backlog=left)
         )
 
-    def run_until_signalled(self) -> int:
-        """Run until SIGTERM or SIGINT, then stop cleanly. Returns the exit status."""
-        stop = threading.Event()
+    def summary(self) -> str:
+        return f"running: {len(self.sources)} sources, {len(self.sinks)} webhooks"
+
+    def run_until_signalled(self, config_path: Path | None = None) -> int:
+        """Run until SIGTERM or SIGINT, then stop cleanly; reload ``config_path`` on
+        SIGHUP or when it changes. Returns the exit status."""
+        stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             log.info("Signal received", extra=fields(signal=signal.Signals(signum).name))
-            stop.set()
+            (reload if signum == signal.SIGHUP else stop).set()
+            wake.set()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        def on_change() -> None:
+            reload.set()
+            wake.set()
+
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
         # systemd: READY=1 once started, WATCHDOG=1 while healthy, STOPPING=1 (agent.notify)
         self.notifier = Notifier.from_environment()
         watchdog = Watchdog(self.notifier, self.healthy, StatusLine(self.metrics).text)
+        reloader = Reloader(self, config_path) if config_path is not None else None
+        watcher = ConfigWatcher(config_path, on_change) if config_path is not None else None
         try:
             self.start()
-            self.notifier.ready(f"running: {len(self.sources)} sources, {len(self.sinks)} webhooks")
+            self.notifier.ready(self.summary())
             watchdog.start()
-            while not stop.wait(1.0):
-                pass
+            if watcher is not None:
+                watcher.start()
+            while not stop.is_set():
+                wake.wait(1.0)
+                wake.clear()
+                if reload.is_set() and not stop.is_set():
+                    reload.clear()
+                    if reloader is None:
+                        log.warning("No config file to reload; the running config stays")
+                    else:
+                        reloader.reload()
         finally:
+            if watcher is not None:
+                watcher.stop()
             watchdog.stop()  # systemd watches no more once STOPPING=1 came
             self.notifier.stopping(
                 "stopping: sending what can be sent",

@@ -166,6 +166,13 @@ class Metrics:
             "Undelivered events discarded because the spool was full (when_full: drop_oldest).",
             registry=r,
         )
+        self.discarded = Counter(
+            "tailhook_webhook_events_discarded_total",
+            "Undelivered events dropped because their webhook was deleted or disabled"
+            " (reason) by a reload.",
+            ["webhook", "reason"],
+            registry=r,
+        )
         self.reload_successful = Gauge(
             "tailhook_config_last_reload_successful",
             "1 if the last config reload succeeded, 0 if it was refused.",
@@ -182,6 +189,8 @@ class Metrics:
         )
         self.build_info.labels(version=__version__).set(1)
         self.reload_successful.set(1)
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
 
 
 class JSONFormatter(logging.Formatter):

@@ -56,6 +56,13 @@ class Watchdog:
             self._sock = None
             return self._fired
 
+    def cut_now(self) -> None:
+        """End the exchange in flight at once, if one is (a replaced webhook's sink)."""
+        with self._cond:
+            if self._sock is not None:
+                self._deadline = time.monotonic()
+                self._cond.notify()
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

@@ -138,6 +138,10 @@ class Transport:
         names = {name.lower(): value for name, value in response.getheaders()}
         return Answer(response.status, names, head)
 
+    def abort(self) -> None:
+        """Cut the exchange in flight, from another thread (it fails as a timeout)."""
+        self._watchdog.cut_now()
+
     def close(self) -> None:
         self._close_connection()
         self._watchdog.close()

@@ -31,6 +31,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class Outcome:
     batch: Batch
     letter: DeadLetter | None = None  # None: delivered
     letter_written: bool = False
+    announced: bool = False  # integration_broken, for a first expiry, is in the spool
     finishing: bool = False  # the spool was asked to finish it (and may have done so)
 
 
@@ -101,6 +103,7 @@ class WebhookSink(Worker):
         metrics: Metrics,
         state_dir: Path,
         rng: random.Random | None = None,
+        on_broken: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(f"webhook-{config.name}", {"webhook": config.name})
         # A step may wait for a batch to fill, then make one attempt (backoff is a pause).
@@ -116,6 +119,11 @@ class WebhookSink(Worker):
         self._duration = metrics.request_duration.labels(webhook=self.name)
         self._outcome: Outcome | None = None
         self._letter_failing = False
+        #: Called (in this thread) with the webhook's name when a batch expires after a
+        #: delivery, or at the first expiry: the agent announces ``integration_broken``.
+        #: Once per outage: a delivery ends it.
+        self._on_broken = on_broken
+        self._broken = False
         self.in_flight = threading.Event()
 
     # -- the loop ---------------------------------------------------------------------
@@ -125,6 +133,12 @@ class WebhookSink(Worker):
 
     def teardown(self) -> None:
         self.transport.close()
+
+    def stop_now(self) -> None:
+        """Stop at once, cutting the request in flight (a reload replaces this sink);
+        the batch stays recorded and the next sink sends it under the same id."""
+        self.stop()
+        self.transport.abort()
 
     def step(self) -> bool:
         """Record the last outcome, or deliver the next batch; False to end (stopping
@@ -263,12 +277,25 @@ class WebhookSink(Worker):
                 self.pause(RECOVERY_WAIT)
                 return
             outcome = self._outcome = replace(outcome, letter_written=True)
+        if self._announces(outcome):
+            assert self._on_broken is not None
+            self._on_broken(self.name)  # a StateError: the Worker pauses, this is retried
+            outcome = self._outcome = replace(outcome, announced=True)
         if outcome.finishing and not self._still_open(outcome.batch):
             self._outcome = None  # the last try did finish it, then failed after
             return
         self._outcome = replace(outcome, finishing=True)
         self.spool.finish_batch(self.name, outcome.batch)  # a StateError: the Worker pauses
         self._outcome = None
+        if outcome.letter is None:
+            self._broken = False
+        elif outcome.letter.reason == "expired":
+            self._broken = True
+
+    def _announces(self, outcome: Outcome) -> bool:
+        """The first expiry of an outage is announced, once."""
+        expired = outcome.letter is not None and outcome.letter.reason == "expired"
+        return expired and not self._broken and not outcome.announced and bool(self._on_broken)
 
     def _still_open(self, batch: Batch) -> bool:
         recorded = self.spool.open_batch(self.name)

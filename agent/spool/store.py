@@ -112,11 +112,13 @@ class Spool:
 
     # -- webhooks ---------------------------------------------------------------------
 
-    def configure_webhooks(self, subscriptions: Mapping[str, frozenset[str]]) -> None:
+    def configure_webhooks(self, subscriptions: Mapping[str, frozenset[str]]) -> dict[str, int]:
         """Set the enabled webhooks and the event types each takes.
 
         A webhook seen for the first time starts after the newest event kept; a webhook
         no longer enabled loses its cursor and batch, and with them its claim on events.
+        A webhook whose types changed keeps its cursor and batch. Returns, for each
+        webhook that lost its cursor, how many events it had not delivered.
         """
         codes = {
             name: "".join(TYPE_CODES[kind] for kind in sorted(kinds))
@@ -134,10 +136,14 @@ class Spool:
         with self._changed:
             self._check_open()
             positions, backlog, change = self._db.write(configure)
+            lost = {
+                name: pending for name, pending in self._ledger.backlog.items() if name not in codes
+            }
             self._ledger.codes, self._ledger.cursors = codes, positions
             self._ledger.backlog = backlog
             self._apply(Change(held_bytes=change.held_bytes, deleted=change.deleted))
             self._changed.notify_all()
+        return lost
 
     # -- sources ----------------------------------------------------------------------
 
@@ -201,11 +207,23 @@ class Spool:
         A replay neither waits for room nor drops other events: past ``max_bytes`` it is
         refused (StateError) and nothing is kept. Returns the number of events kept.
         """
+        return self._keep_targeted("dead-letter-replay", [(webhook, s) for s in segments], True)
+
+    def announce(self, segment: NewSegment, webhooks: Iterable[str]) -> int:
+        """Keep ``segment`` (the agent's own notifications: ``integration_broken`` and
+        the like) for each of ``webhooks`` alone, in one transaction, so it survives a
+        crash like any event. Refused (StateError) rather than waiting for room."""
+        return self._keep_targeted("announcement", [(name, segment) for name in webhooks], False)
+
+    def _keep_targeted(
+        self, source: str, items: Sequence[tuple[str, NewSegment]], add_cursor: bool
+    ) -> int:
         every_type = "".join(TYPE_CODES.values())
         now = time.time()
         incoming = [
-            ingest.Incoming("dead-letter-replay", types, body, starts, None, webhook, now)
-            for types, body, starts in (s.keeping(every_type) for s in segments)
+            ingest.Incoming(source, types, body, starts, None, webhook, now)
+            for webhook, segment in items
+            for types, body, starts in [segment.keeping(every_type)]
             if types
         ]
 
@@ -217,7 +235,7 @@ class Spool:
                 if not kept:
                     raise _NoRoom
                 change.merge(step)
-            if incoming:
+            for webhook in {one.target for one in incoming} if add_cursor else ():
                 db.execute(
                     "INSERT OR IGNORE INTO cursors VALUES (?, ?)", (webhook, position(first, 0))
                 )
@@ -229,8 +247,8 @@ class Spool:
                 change = self._db.write(keep_all, new_events=bool(incoming))
             except _NoRoom:
                 raise StateError(
-                    f"the spool has no room for the replay ({len(incoming)} segments);"
-                    " nothing of it was kept"
+                    f"the spool has no room for {len(incoming)} segments ({source});"
+                    " nothing of them was kept"
                 ) from None
             self._apply(change)
             self._changed.notify_all()
