@@ -84,7 +84,8 @@ class ConfigWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
 
     def _look(self) -> tuple[str, int, int, int, int] | None:
         try:
