@@ -168,7 +168,7 @@ class Name(Shared):
     name = "name"
     definition = {
         "type": "string",
-        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?!\n)$",
         "errorMessage": "must be a name of up to 64 letters, digits, '.', '_' or '-',"
         " starting with a letter or digit",
     }
@@ -266,7 +266,7 @@ class OctalMode(Shared):
     name = "octal_mode"
     definition = {
         "type": "string",
-        "pattern": "^0?[0-7]{3}$",
+        "pattern": r"^0?[0-7]{3}(?!\n)$",
         "errorMessage": 'must be permissions as a quoted string of octal digits, like "0660"',
     }
 
@@ -284,7 +284,7 @@ class HeaderMap(Kind):
         return {
             "type": "object",
             "propertyNames": {
-                "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+                "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?!\n)$",
                 "errorMessage": "is not a header name: use letters, digits and !#$%&'*+-.^_`|~",
             },
             "additionalProperties": {"type": "string"},

@@ -27,9 +27,11 @@ _SIZE_UNITS.update(KB=10**3, MB=10**6, GB=10**9, TB=10**12)
 _LISTEN = re.compile(r"(?:\[([^\]]+)\]|([A-Za-z0-9._-]+)):([0-9]{1,5})")
 
 #: The patterns the JSON Schema holds for the same forms (parse_* is the stricter check).
-DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
-SIZE_PATTERN = r"^[0-9]+(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?$"
-LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$"
+#: Each ends ``(?!\n)$``: Python's ``$`` also matches before a final newline, ECMA's and
+#: jsonschema_rs's do not, and both validators must give one verdict.
+DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)(?!\n)$"
+SIZE_PATTERN = r"^[0-9]+(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?(?!\n)$"
+LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}(?!\n)$"
 
 
 def parse_duration(value: object) -> float:
