@@ -252,6 +252,8 @@ def compile_table(entries: Iterable[Section | Key]) -> Table:
     secrets = set()
     for entry in entries:
         parent_place, _, name = entry.place.rpartition(".")
+        if entry.place and parent_place not in nodes:
+            raise ValueError(f"{entry.place}: its section {parent_place!r} is not declared before")
         if isinstance(entry, Key):
             node = nodes[parent_place]
             if name in node.keys:
