@@ -35,8 +35,8 @@ from agent.config import (
     parse_duration,
     parse_size,
 )
-from agent.config_document import MAX_EXPANDED_NODES, expanded_size, read_yaml, substitute_env
-from agent.config_rules import parse_listen_address
+from agent.config.document import MAX_EXPANDED_NODES, expanded_size, read_yaml, substitute_env
+from agent.config.units import parse_listen_address
 from agent.errors import ConfigError, Problem
 from agent.schemas import load_schema
 

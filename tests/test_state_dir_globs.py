@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import parse_config
-from agent.config_rules import glob_reaches_into
+from agent.config.rules import glob_reaches_into
 from agent.errors import ConfigError
 from tests.agent_support import file_config, hit_line, received_ids, running_agent, wait_until
 from tests.support.agent_process import REPO

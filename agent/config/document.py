@@ -1,24 +1,21 @@
 """The config file as a document, before it becomes dataclasses.
 
 Owns what knows about YAML text and about paths in it: reading YAML safely (a syntax
-error is one problem with its line and column; a duplicate key is a problem at its path),
-``${NAME}`` substitution from the environment, JSON Schema errors translated to problems
-at YAML paths (``webhooks[1].url``; one ``unknown key`` per unexpected key, at the key
-itself), and reporting problems in the order of the file.
+error is one problem with its line and column; a duplicate key is a problem at its path;
+an alias bomb is refused before it is expanded), ``${NAME}`` substitution from the
+environment, and reporting problems in the order of the file.
 
-A location (``Loc``) is a tuple of keys and list indexes: ``("webhooks", 1, "url")``.
-Values are never echoed for locations that may hold secrets (header values, signing,
-anything that came from the environment).
+A location (``Loc``) is a tuple of keys and list indexes: ``("webhooks", 1, "url")``;
+a problem (``Located``) is a location and a message.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
 import yaml
 
 from agent.errors import ConfigError, Problem
@@ -31,17 +28,6 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: every setting (headers, tls, batch, retry, signing, filter) and 20 sources hold 146,405
 #: (1.2 MB of YAML); an alias bomb of a few hundred bytes holds billions.
 MAX_EXPANDED_NODES = 500_000
-# Keys under which values may be credentials: never quoted in a message.
-_SECRET_KEYS = frozenset({"headers", "signing"})
-_JSON_TYPES = {
-    "object": "a mapping",
-    "array": "a list",
-    "string": "a string",
-    "integer": "an integer",
-    "number": "a number",
-    "boolean": "true or false",
-    "null": "null",
-}
 
 
 def format_path(loc: Loc) -> str:
@@ -286,69 +272,3 @@ def substitute_env(data: Any, env: Mapping[str, str]) -> Substituted:
     result.data, touched = visit(data, ())
     result.touched = set(touched)
     return result
-
-
-def schema_problems(
-    validator: jsonschema.protocols.Validator, data: Any, touched: set[Loc]
-) -> list[Located]:
-    """Every JSON Schema error in ``data``, as problems at YAML paths."""
-    problems: list[Located] = []
-    for error in validator.iter_errors(data):
-        problems.extend(_translate(error, touched))
-    return problems
-
-
-def _translate(error: jsonschema.ValidationError, touched: set[Loc]) -> Iterator[Located]:
-    loc: Loc = tuple(error.absolute_path)
-    schema = error.schema if isinstance(error.schema, dict) else {}
-    # Typed "Any | Unset" by the stubs; always set on an error from iter_errors.
-    kind: Any = error.validator
-    expected: Any = error.validator_value
-    instance: Any = error.instance
-    if "propertyNames" in error.schema_path:  # the key itself is wrong
-        yield (*loc, str(instance)), schema.get("description", "is not a valid key")
-    elif kind == "additionalProperties":
-        known = schema.get("properties", {})
-        for key in instance:
-            if key not in known:
-                yield (*loc, key), "unknown key"
-    elif kind == "required":
-        for key in expected:
-            if key not in instance:
-                yield (*loc, key), "is required"
-    else:
-        secret = loc in touched or any(part in _SECRET_KEYS for part in loc)
-        message = _message(kind, expected, instance, schema.get("description"), schema)
-        if message is None:
-            message = "is not valid" if secret else f"is not valid: {error.message}"
-        elif kind in ("enum", "const") and not secret and isinstance(instance, str | int | float):
-            message += f", not {instance!r}"
-        yield loc, message
-
-
-def _message(
-    kind: str, expected: Any, value: Any, description: str | None, schema: dict[str, Any]
-) -> str | None:
-    """What a failed keyword means, without quoting the value (None: no words for it)."""
-    if kind == "type":
-        if description and "properties" not in schema:
-            return f"{description}, not {kind_of(value)}"
-        names = [expected] if isinstance(expected, str) else list(expected)
-        wanted = " or ".join(_JSON_TYPES.get(name, name) for name in names)
-        return f"must be {wanted}, not {kind_of(value)}"
-    if description and kind in ("anyOf", "oneOf", "not", "pattern"):
-        return description
-    if kind in ("enum", "const"):
-        options = expected if kind == "enum" else [expected]
-        return "must be one of " + ", ".join(str(option) for option in options)
-    simple = {
-        "minimum": f"must be at least {expected}",
-        "maximum": f"must be at most {expected}",
-        "exclusiveMinimum": f"must be more than {expected}",
-        "minItems": "must not be empty" if expected == 1 else f"needs at least {expected} items",
-        "minLength": "must not be empty" if expected == 1 else f"needs {expected} characters",
-        "maxLength": f"must be at most {expected} characters long",
-        "uniqueItems": "must not list the same item twice",
-        "pattern": f"must match {expected}",
-    }
-    return simple.get(kind)
