@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import BatchConfig, RetryConfig, TLSConfig, WebhookConfig
+from tests.agent_support import wait_until
 from tests.delivery_support import hit, running_sinks, scope
 from tests.support.netfaults import FullBacklogListener, SilentServer, TricklingServer
 from tests.support.receiver import Receiver, TLSMaterial, sequence
@@ -29,7 +30,8 @@ def test_a_batch_is_posted_as_a_json_array_with_every_header(
     hook = webhook(receiver.url, headers=(("Authorization", "Bearer s3cret"), ("X-Tenant", "7")))
     with running_sinks(tmp_path, [hook], [hit(1), hit(2), scope(3)]) as run:
         assert receiver.wait_for(1, timeout=10)
-        assert run.spool.backlog("soc") == 0 or receiver.wait_for(1)
+        assert wait_until(lambda: run.spool.backlog("soc") == 0, 5)  # delivered, recorded
+    assert len(receiver.requests) == 1  # the three events in one batch, sent once
     request = receiver.requests[0]
     assert request.method == "POST"
     assert request.json() == [
@@ -56,10 +58,20 @@ def test_only_subscribed_event_types_are_sent(tmp_path: Path, receiver: Receiver
     hook = webhook(receiver.url, events=frozenset({"scope"}))
     with running_sinks(tmp_path, [hook], [hit(1), scope(2), hit(3), scope(4)]) as run:
         assert receiver.wait_for(lambda reqs: sum(len(r.json()) for r in reqs) >= 2, timeout=10)
-        time.sleep(0.3)
+        assert wait_until(
+            lambda: (
+                run.value(
+                    "tailhook_webhook_events_delivered_total", webhook="soc", event_type="scope"
+                )
+                == 2
+            ),
+            5,
+        )
+        # Nothing is left to send: whatever arrived is all that ever will.
+        assert wait_until(lambda: run.spool.backlog("soc") == 0, 5)
         assert (
-            run.value("tailhook_webhook_events_delivered_total", webhook="soc", event_type="scope")
-            == 2
+            run.value("tailhook_webhook_events_delivered_total", webhook="soc", event_type="hit")
+            == 0
         )
     received = [obj for body in receiver.bodies_json() for obj in body]
     assert received == [{"object_type": "scope", "n": 2}, {"object_type": "scope", "n": 4}]
@@ -93,7 +105,7 @@ def test_a_failed_batch_is_retried_with_the_same_id_and_body(tmp_path: Path) -> 
     with Receiver(sequence(503, 500, 429, then=200)) as flaky:
         with running_sinks(tmp_path, [webhook(flaky.url)], [hit(1), hit(2)]) as run:
             assert flaky.wait_for(4, timeout=10)
-            time.sleep(0.2)
+            assert wait_until(lambda: run.spool.backlog("soc") == 0, 5)  # delivery recorded
             assert run.value("tailhook_webhook_retries_total", webhook="soc") == 3
             assert run.value("tailhook_webhook_requests_total", webhook="soc", code="503") == 1
             assert run.value("tailhook_webhook_requests_total", webhook="soc", code="200") == 1
@@ -106,7 +118,9 @@ def test_a_permanent_refusal_is_dead_lettered(tmp_path: Path) -> None:
     with Receiver(sequence(400, then=200)) as refusing:
         with running_sinks(tmp_path, [webhook(refusing.url)], [hit(1)]) as run:
             assert refusing.wait_for(1, timeout=10)
-            time.sleep(0.3)
+            # The batch finished (dead-lettered): nothing is left that could be retried.
+            assert wait_until(lambda: run.spool.backlog("soc") == 0, 5)
+            assert run.spool.open_batch("soc") is None
             assert (
                 run.value(
                     "tailhook_webhook_events_dead_lettered_total", webhook="soc", reason="rejected"
