@@ -162,3 +162,14 @@ def caught_up(agent: Agent, *paths: Path) -> bool:
         spool.backlog(sink.name) == 0 and spool.open_batch(sink.name) is None
         for sink in agent.sinks
     )
+
+
+def bytes_read(agent: Agent, source: str = "waf") -> float:
+    """``tailhook_source_bytes_total``: the bytes the source has read and committed."""
+    return agent.registry.get_sample_value("tailhook_source_bytes_total", {"source": source}) or 0
+
+
+def wait_bytes_read(agent: Agent, count: int, timeout: float = 5.0) -> bool:
+    """Wait until the source has read and committed ``count`` bytes in this run (the bytes
+    of a partial line included): a piece of a line written now is surely read apart."""
+    return wait_until(lambda: bytes_read(agent) == count, timeout)

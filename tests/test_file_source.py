@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.service import Agent
 from tests.agent_support import (
     caught_up,
     committed_offsets,
@@ -15,6 +14,7 @@ from tests.agent_support import (
     hit_line,
     received_ids,
     running_agent,
+    wait_bytes_read,
     wait_until,
 )
 from tests.support.receiver import Receiver
@@ -23,11 +23,6 @@ from tests.support.receiver import Receiver
 def append(path: Path, data: bytes) -> None:
     with path.open("ab") as out:
         out.write(data)
-
-
-def bytes_read(agent: Agent) -> float:
-    """``tailhook_source_bytes_total`` of source waf: bytes read and committed so far."""
-    return agent.registry.get_sample_value("tailhook_source_bytes_total", {"source": "waf"}) or 0
 
 
 @pytest.mark.parametrize("watch", ["inotify", "poll"])
@@ -52,9 +47,9 @@ def test_a_line_written_in_pieces_is_joined(tmp_path: Path, receiver: Receiver) 
     log.write_bytes(b"")
     with running_agent(file_config(tmp_path, receiver.url, (str(log),))) as agent:
         append(log, line[:40])
-        assert wait_until(lambda: bytes_read(agent) == 40, 5)  # read on its own
+        assert wait_bytes_read(agent, 40)  # read on its own
         append(log, line[40:100])
-        assert wait_until(lambda: bytes_read(agent) == 100, 5)
+        assert wait_bytes_read(agent, 100)
         append(log, line[100:] + b"\r\n")
         assert receiver.wait_for(1, timeout=5)
     assert received_ids(receiver.bodies_json()) == ["hit-1"]
