@@ -153,6 +153,25 @@ def committed_to_the_end(state_dir: Path, *paths: Path) -> bool:
     return all(offsets.get(file_key(path)) == path.stat().st_size for path in paths)
 
 
+def drained(state_dir: Path) -> bool:
+    """The spool holds no event and no batch in flight: every webhook has passed every
+    segment (read-only, so also for an agent in another process)."""
+    uri = f"file:{state_dir / 'spool.db'}?mode=ro"
+    db = sqlite3.connect(uri, uri=True, timeout=30)
+    try:
+        (held,) = db.execute(
+            "SELECT (SELECT count(*) FROM segments) + (SELECT count(*) FROM batches)"
+        ).fetchone()
+    finally:
+        db.close()
+    return bool(held == 0)
+
+
+def process_caught_up(state_dir: Path, *paths: Path) -> bool:
+    """``caught_up`` for an agent in another process, read from its spool."""
+    return committed_to_the_end(state_dir, *paths) and drained(state_dir)
+
+
 def caught_up(agent: Agent, *paths: Path) -> bool:
     """The in-process agent has committed every byte of each file and every webhook has
     nothing left to send: from here on nothing more arrives unless something is wrong."""
