@@ -188,7 +188,7 @@ def bytes_read(agent: Agent, source: str = "waf") -> float:
     return agent.registry.get_sample_value("tailhook_source_bytes_total", {"source": source}) or 0
 
 
-def wait_bytes_read(agent: Agent, count: int, timeout: float = 5.0) -> bool:
+def wait_bytes_read(agent: Agent, count: int, source: str = "waf", timeout: float = 5.0) -> bool:
     """Wait until the source has read and committed ``count`` bytes in this run (the bytes
     of a partial line included): a piece of a line written now is surely read apart."""
-    return wait_until(lambda: bytes_read(agent) == count, timeout)
+    return wait_until(lambda: bytes_read(agent, source) == count, timeout)
