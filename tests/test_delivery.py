@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import BatchConfig, RetryConfig, TLSConfig, WebhookConfig
-from tests.agent_support import wait_until
+from tests.agent_support import caught_up, file_config, hit_line, running_agent, wait_until
 from tests.delivery_support import hit, running_sinks, scope
 from tests.support.netfaults import FullBacklogListener, SilentServer, TricklingServer
 from tests.support.receiver import Receiver, TLSMaterial, sequence
@@ -87,10 +87,20 @@ def test_a_webhook_with_no_event_types_sends_nothing(tmp_path: Path, receiver: R
 def test_a_disabled_webhook_sends_nothing_and_keeps_nothing(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    hook = webhook(receiver.url, enabled=False)
-    with running_sinks(tmp_path, [hook], [hit(1)]) as run:
-        assert not receiver.wait_for(1, timeout=1.0)
-        assert run.spool.held_bytes == 0
+    """The real agent, one webhook enabled and one not: the disabled one gets no sink and
+    no claim on events, so once the enabled one has its events the spool holds nothing.
+    (running_sinks leaves disabled webhooks out itself: it cannot tell.)"""
+    log = tmp_path / "detections.log"
+    log.write_bytes(hit_line(1) + b"\n")
+    base = file_config(tmp_path, receiver.url, (str(log),))
+    with Receiver() as off_receiver:
+        off = replace(base.webhooks[0], name="off", url=off_receiver.url, enabled=False)
+        with running_agent(replace(base, webhooks=(base.webhooks[0], off))) as agent:
+            assert receiver.wait_for(1, timeout=10)
+            assert wait_until(lambda: caught_up(agent, log), 5)
+            assert agent.spool is not None and agent.spool.held_bytes == 0
+            assert [sink.name for sink in agent.sinks] == ["soc"]
+        assert off_receiver.requests == []
 
 
 def test_batches_respect_max_events(tmp_path: Path, receiver: Receiver) -> None:
