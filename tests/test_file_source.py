@@ -67,6 +67,26 @@ def test_start_at_end_skips_what_was_there_at_the_first_start(
     assert received_ids(receiver.bodies_json()) == ["hit-2"]
 
 
+def test_start_at_end_applies_only_once_not_at_a_restart(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A file that appears while the agent is stopped (a rotation) is read from its start
+    at the next start: ``start_at`` is for the very first one."""
+    log = tmp_path / "detections.log"
+    log.write_bytes(hit_line(0) + b"\n")
+    config = file_config(tmp_path, receiver.url, (str(log),), start_at="end")
+    with running_agent(config) as agent:
+        append(log, hit_line(1) + b"\n")
+        assert receiver.wait_for(1, timeout=5)
+        assert wait_until(lambda: caught_up(agent, log), 5)
+    log.rename(tmp_path / "detections.log.1")
+    log.write_bytes(hit_line(2) + b"\n" + hit_line(3) + b"\n")
+    with running_agent(config) as agent:
+        assert receiver.wait_for(lambda reqs: len(received_ids([r.json() for r in reqs])) >= 3, 5)
+        assert wait_until(lambda: caught_up(agent, log), 5)
+    assert received_ids(receiver.bodies_json()) == ["hit-1", "hit-2", "hit-3"]
+
+
 def test_a_clean_restart_continues_where_it_left_off(tmp_path: Path, receiver: Receiver) -> None:
     log = tmp_path / "detections.log"
     log.write_bytes(b"".join(hit_line(n) + b"\n" for n in range(3)))

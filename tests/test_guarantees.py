@@ -6,7 +6,8 @@
   segment behind, and the lines are kept twice when they are read again; a refused
   segment leaves its checkpoint behind, and after a crash its lines are skipped.
 - A file truncated and written again past the read offset is noticed even when its first
-  KiB did not change: the bytes just before the offset are compared too.
+  KiB did not change: the bytes just before the offset are compared too; and when nothing
+  was committed yet (no bytes before the offset to compare), by its first bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.agent_support import file_config, hit_line, received_ids, running_agent, wait_until
+from tests.agent_support import (
+    caught_up,
+    file_config,
+    hit_line,
+    received_ids,
+    running_agent,
+    wait_bytes_read,
+    wait_until,
+)
 from tests.support.agent_process import AgentProcess, file_source_yaml
 from tests.support.receiver import Receiver
 
@@ -141,3 +150,33 @@ def test_a_rewrite_past_the_offset_with_the_same_first_kib_is_read_again(
         assert receiver.wait_for(lambda _: set(got(receiver)) >= wanted, timeout=10), (
             f"never read: {sorted(wanted - set(got(receiver)))}"
         )
+
+
+def test_a_rewrite_before_the_first_line_ended_is_read_from_the_start(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The first line is still unfinished (the offset is 0: no bytes before it to compare)
+    when the file is written again in place, longer: only its first bytes can tell that
+    the 70 bytes held are not the start of what follows."""
+    log = tmp_path / "detections.log"
+    log.write_bytes(hit_line(0)[:70])
+    config = file_config(tmp_path, receiver.url, (str(log),))
+    with running_agent(config) as agent:
+        assert wait_bytes_read(agent, 70)  # read and held
+        rewritten = lines(range(100, 105))
+        fd = os.open(log, os.O_WRONLY)
+        try:
+            os.pwrite(fd, rewritten, 0)  # in place, one write: the file never shrinks
+        finally:
+            os.close(fd)
+        wanted = {f"hit-{n}" for n in range(100, 105)}
+        assert receiver.wait_for(lambda _: set(got(receiver)) >= wanted, timeout=10), (
+            f"never read: {sorted(wanted - set(got(receiver)))}"
+        )
+        assert wait_until(lambda: caught_up(agent, log), 5)
+        torn = agent.registry.get_sample_value(
+            "tailhook_events_total",
+            {"source": "waf", "event_type": "unknown", "outcome": "invalid_json"},
+        )
+    assert sorted(got(receiver).elements()) == sorted(wanted)
+    assert not torn

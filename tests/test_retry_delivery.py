@@ -272,6 +272,25 @@ def test_a_connection_failure_past_max_elapsed_has_a_null_status(
     assert letter["events"] == [{"object_type": "hit", "n": 1}]
 
 
+def test_each_dead_letter_is_appended_and_none_is_lost(tmp_path: Path) -> None:
+    """Three batches refused: three entries in the one file, in order, each its own
+    line; a restart adds to the file, never starts it again."""
+    batch = BatchConfig(max_events=1, max_wait=0.05)
+    with Receiver(400) as refusing:
+        hook = webhook(refusing.url, batch=batch)
+        with running_sinks(tmp_path, [hook], [hit(1), hit(2)]) as run:
+            wait_until(lambda: dead_lettered(run, "rejected") == 2, 5, "two dead letters")
+        with running_sinks(tmp_path, [hook], [hit(3)]) as run:
+            wait_until(lambda: dead_lettered(run, "rejected") == 1, 5, "a third")
+    letters = dead_letters(tmp_path)
+    assert [letter["events"] for letter in letters] == [
+        [{"object_type": "hit", "n": n}] for n in (1, 2, 3)
+    ]
+    assert [letter["webhook_id"] for letter in letters] == [
+        r.headers["webhook-id"] for r in refusing.requests
+    ]
+
+
 # --- after a dead letter, delivery goes on ---------------------------------------------
 
 
