@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import BatchConfig, RetryConfig, TLSConfig, WebhookConfig
+from agent.spool import NewSegment
 from tests.agent_support import caught_up, file_config, hit_line, running_agent, wait_until
 from tests.delivery_support import hit, running_sinks, scope
 from tests.support.netfaults import FullBacklogListener, SilentServer, TricklingServer
@@ -246,9 +247,18 @@ def test_a_refused_connection_is_counted_and_retried(tmp_path: Path, closed_port
 
 
 def test_one_slow_webhook_does_not_delay_another(tmp_path: Path, receiver: Receiver) -> None:
+    """The events come while the slow webhook's request hangs (not before: the fast one
+    could then send them all while the slow one still waits out its batch.max_wait)."""
     with SilentServer() as stuck:
         slow = webhook(stuck.url, name="slow", request_timeout=30)
         fast = webhook(receiver.url, name="fast", batch=BatchConfig(max_events=1, max_wait=0.01))
-        with running_sinks(tmp_path, [slow, fast], [hit(n) for n in range(20)]):
+        with running_sinks(tmp_path, [slow, fast], [hit(0)]) as run:
             assert stuck.wait_for_connections(1, timeout=5)
+            assert wait_until(lambda: stuck.bytes_received > 0, 5)  # its request is sent
+            assert receiver.wait_for(1, timeout=5)
+            started = time.monotonic()
+            run.spool.append("test", NewSegment.of([hit(n) for n in range(1, 20)]))
             assert receiver.wait_for(20, timeout=10)
+            took = time.monotonic() - started
+            assert stuck.accepted == 1  # the slow one is still in its first request
+    assert took < 3.0, f"the fast webhook took {took:.1f} s for 19 events"
