@@ -196,7 +196,7 @@ def test_rename_rotation_reads_what_the_writer_appends_after_the_rename(
         with running_agent(config) as agent:
             writer.write(lines(range(10)))
             assert wait_for_ids(receiver, ids(range(10)))
-            if quiet_before:
+            if quiet_before:  # the scenario itself: quiet for longer than rotate_wait
                 time.sleep(ROTATE_WAIT + 1.0)
             log.rename(logs / "app.log.1")
             log.write_bytes(lines(range(100, 105)))

@@ -22,6 +22,7 @@ import pytest
 
 from tests.agent_support import (
     caught_up,
+    committed_offsets,
     file_config,
     hit_line,
     received_ids,
@@ -55,13 +56,6 @@ def clear_fault(state: Path, table: str) -> None:
         db.execute(f"DROP TRIGGER refuse_{table}")
 
 
-def committed_offsets(state: Path) -> list[int]:
-    """The offsets the agent has committed for its files (its checkpoints, read-only)."""
-    with sqlite3.connect(f"file:{state / 'spool.db'}?mode=ro", uri=True, timeout=30) as db:
-        rows = db.execute("SELECT offset FROM checkpoints WHERE key != '*'").fetchall()
-    return [offset for (offset,) in rows]
-
-
 def wait_for_failed_write(agent: AgentProcess, offset: int) -> bool:
     return wait_until(
         lambda: "The spool cannot be written" in agent.log_since(offset), 10, interval=0.05
@@ -87,7 +81,7 @@ def test_a_refused_checkpoint_keeps_nothing_of_its_read(tmp_path: Path, receiver
         clear_fault(state, "checkpoints")
         # Wait until the whole file is read and committed, and everything sent.
         size = log.stat().st_size
-        assert wait_until(lambda: committed_offsets(state) == [size], 15)
+        assert wait_until(lambda: list(committed_offsets(state).values()) == [size], 15)
         assert wait_until(lambda: agent.metric("tailhook_webhook_backlog_events") == 0, 15)
         assert agent.terminate() == 0
     counts = got(receiver)
