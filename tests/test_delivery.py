@@ -9,6 +9,8 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import BatchConfig, RetryConfig, TLSConfig, WebhookConfig
+from agent.spool import NewSegment
+from tests.agent_support import caught_up, file_config, hit_line, running_agent, wait_until
 from tests.delivery_support import hit, running_sinks, scope
 from tests.support.netfaults import FullBacklogListener, SilentServer, TricklingServer
 from tests.support.receiver import Receiver, TLSMaterial, sequence
@@ -29,7 +31,8 @@ def test_a_batch_is_posted_as_a_json_array_with_every_header(
     hook = webhook(receiver.url, headers=(("Authorization", "Bearer s3cret"), ("X-Tenant", "7")))
     with running_sinks(tmp_path, [hook], [hit(1), hit(2), scope(3)]) as run:
         assert receiver.wait_for(1, timeout=10)
-        assert run.spool.backlog("soc") == 0 or receiver.wait_for(1)
+        assert wait_until(lambda: run.spool.backlog("soc") == 0, 5)  # delivered, recorded
+    assert len(receiver.requests) == 1  # the three events in one batch, sent once
     request = receiver.requests[0]
     assert request.method == "POST"
     assert request.json() == [
@@ -56,10 +59,20 @@ def test_only_subscribed_event_types_are_sent(tmp_path: Path, receiver: Receiver
     hook = webhook(receiver.url, events=frozenset({"scope"}))
     with running_sinks(tmp_path, [hook], [hit(1), scope(2), hit(3), scope(4)]) as run:
         assert receiver.wait_for(lambda reqs: sum(len(r.json()) for r in reqs) >= 2, timeout=10)
-        time.sleep(0.3)
+        assert wait_until(
+            lambda: (
+                run.value(
+                    "tailhook_webhook_events_delivered_total", webhook="soc", event_type="scope"
+                )
+                == 2
+            ),
+            5,
+        )
+        # Nothing is left to send: whatever arrived is all that ever will.
+        assert wait_until(lambda: run.spool.backlog("soc") == 0, 5)
         assert (
-            run.value("tailhook_webhook_events_delivered_total", webhook="soc", event_type="scope")
-            == 2
+            run.value("tailhook_webhook_events_delivered_total", webhook="soc", event_type="hit")
+            == 0
         )
     received = [obj for body in receiver.bodies_json() for obj in body]
     assert received == [{"object_type": "scope", "n": 2}, {"object_type": "scope", "n": 4}]
@@ -75,10 +88,20 @@ def test_a_webhook_with_no_event_types_sends_nothing(tmp_path: Path, receiver: R
 def test_a_disabled_webhook_sends_nothing_and_keeps_nothing(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    hook = webhook(receiver.url, enabled=False)
-    with running_sinks(tmp_path, [hook], [hit(1)]) as run:
-        assert not receiver.wait_for(1, timeout=1.0)
-        assert run.spool.held_bytes == 0
+    """The real agent, one webhook enabled and one not: the disabled one gets no sink and
+    no claim on events, so once the enabled one has its events the spool holds nothing.
+    (running_sinks leaves disabled webhooks out itself: it cannot tell.)"""
+    log = tmp_path / "detections.log"
+    log.write_bytes(hit_line(1) + b"\n")
+    base = file_config(tmp_path, receiver.url, (str(log),))
+    with Receiver() as off_receiver:
+        off = replace(base.webhooks[0], name="off", url=off_receiver.url, enabled=False)
+        with running_agent(replace(base, webhooks=(base.webhooks[0], off))) as agent:
+            assert receiver.wait_for(1, timeout=10)
+            assert wait_until(lambda: caught_up(agent, log), 5)
+            assert agent.spool is not None and agent.spool.held_bytes == 0
+            assert [sink.name for sink in agent.sinks] == ["soc"]
+        assert off_receiver.requests == []
 
 
 def test_batches_respect_max_events(tmp_path: Path, receiver: Receiver) -> None:
@@ -93,7 +116,7 @@ def test_a_failed_batch_is_retried_with_the_same_id_and_body(tmp_path: Path) -> 
     with Receiver(sequence(503, 500, 429, then=200)) as flaky:
         with running_sinks(tmp_path, [webhook(flaky.url)], [hit(1), hit(2)]) as run:
             assert flaky.wait_for(4, timeout=10)
-            time.sleep(0.2)
+            assert wait_until(lambda: run.spool.backlog("soc") == 0, 5)  # delivery recorded
             assert run.value("tailhook_webhook_retries_total", webhook="soc") == 3
             assert run.value("tailhook_webhook_requests_total", webhook="soc", code="503") == 1
             assert run.value("tailhook_webhook_requests_total", webhook="soc", code="200") == 1
@@ -106,7 +129,9 @@ def test_a_permanent_refusal_is_dead_lettered(tmp_path: Path) -> None:
     with Receiver(sequence(400, then=200)) as refusing:
         with running_sinks(tmp_path, [webhook(refusing.url)], [hit(1)]) as run:
             assert refusing.wait_for(1, timeout=10)
-            time.sleep(0.3)
+            # The batch finished (dead-lettered): nothing is left that could be retried.
+            assert wait_until(lambda: run.spool.backlog("soc") == 0, 5)
+            assert run.spool.open_batch("soc") is None
             assert (
                 run.value(
                     "tailhook_webhook_events_dead_lettered_total", webhook="soc", reason="rejected"
@@ -222,9 +247,18 @@ def test_a_refused_connection_is_counted_and_retried(tmp_path: Path, closed_port
 
 
 def test_one_slow_webhook_does_not_delay_another(tmp_path: Path, receiver: Receiver) -> None:
+    """The events come while the slow webhook's request hangs (not before: the fast one
+    could then send them all while the slow one still waits out its batch.max_wait)."""
     with SilentServer() as stuck:
         slow = webhook(stuck.url, name="slow", request_timeout=30)
         fast = webhook(receiver.url, name="fast", batch=BatchConfig(max_events=1, max_wait=0.01))
-        with running_sinks(tmp_path, [slow, fast], [hit(n) for n in range(20)]):
+        with running_sinks(tmp_path, [slow, fast], [hit(0)]) as run:
             assert stuck.wait_for_connections(1, timeout=5)
+            assert wait_until(lambda: stuck.bytes_received > 0, 5)  # its request is sent
+            assert receiver.wait_for(1, timeout=5)
+            started = time.monotonic()
+            run.spool.append("test", NewSegment.of([hit(n) for n in range(1, 20)]))
             assert receiver.wait_for(20, timeout=10)
+            took = time.monotonic() - started
+            assert stuck.accepted == 1  # the slow one is still in its first request
+    assert took < 3.0, f"the fast webhook took {took:.1f} s for 19 events"

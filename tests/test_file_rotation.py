@@ -20,14 +20,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_support import file_config, hit_line, received_ids, running_agent, wait_until
+from tests.agent_support import (
+    SETTLE_SECONDS,
+    caught_up,
+    drained,
+    file_config,
+    hit_line,
+    process_caught_up,
+    received_ids,
+    running_agent,
+    wait_bytes_read,
+    wait_until,
+)
 from tests.support.agent_process import AgentProcess, file_source_yaml
 from tests.support.receiver import Receiver
 
 ROTATE_WAIT = 1.0
-#: After the last expected line arrived, how long to keep listening for duplicates
-#: (longer than a rescan, so a file wrongly read again would show).
-SETTLE = 1.5
 
 
 def lines(numbers: Iterable[int]) -> bytes:
@@ -111,9 +119,10 @@ def test_a_new_file_on_a_reused_inode_is_read_from_its_start(
         pytest.skip("this filesystem did not hand the freed inode out again")
     # Longer than the old offset, so the offset alone cannot tell the files apart.
     append(log, lines(range(100, 120)))
-    with running_agent(config):
+    with running_agent(config) as agent:
         assert wait_for_ids(receiver, ids(range(100, 120)))
-        time.sleep(SETTLE)
+        assert wait_until(lambda: caught_up(agent, log), 5)
+        time.sleep(SETTLE_SECONDS)  # no duplicate: nothing read again
     assert_exactly_once(receiver, ids(range(3)), ids(range(100, 120)))
 
 
@@ -127,7 +136,7 @@ def test_a_file_replaced_under_its_name_is_read_from_its_start(
     log = logs / "app.log"
     log.write_bytes(lines(range(5)))
     config = file_config(tmp_path, receiver.url, (str(log),), rotate_wait=ROTATE_WAIT)
-    with running_agent(config):
+    with running_agent(config) as agent:
         assert wait_for_ids(receiver, ids(range(5)))
         replacement = logs / "app.log.tmp"
         replacement.write_bytes(lines(range(100, 110)))
@@ -135,7 +144,8 @@ def test_a_file_replaced_under_its_name_is_read_from_its_start(
         assert wait_for_ids(receiver, ids(range(100, 110)))
         append(log, lines(range(110, 113)))
         assert wait_for_ids(receiver, ids(range(100, 113)))
-        time.sleep(SETTLE)
+        assert wait_until(lambda: caught_up(agent, log), 5)
+        time.sleep(SETTLE_SECONDS)  # no duplicate: nothing read again
         # The replaced file is deleted (no name left): nobody should hold it any more.
         replaced = f"{log} (deleted)"
         assert wait_until(lambda: not descriptors_to(replaced), ROTATE_WAIT + 3)
@@ -152,13 +162,14 @@ def test_a_file_renamed_within_the_glob_keeps_its_identity(
     log = logs / "app.log"
     log.write_bytes(lines(range(5)))
     config = file_config(tmp_path, receiver.url, (str(logs / "app*.log"),), rotate_wait=ROTATE_WAIT)
-    with running_agent(config):
+    with running_agent(config) as agent:
         assert wait_for_ids(receiver, ids(range(5)))
         log.rename(logs / "app-1.log")
         append(logs / "app-1.log", lines(range(5, 8)))
         log.write_bytes(lines(range(100, 105)))
         assert wait_for_ids(receiver, ids([*range(8), *range(100, 105)]))
-        time.sleep(SETTLE)
+        assert wait_until(lambda: caught_up(agent, log, logs / "app-1.log"), 5)
+        time.sleep(SETTLE_SECONDS)  # no duplicate: app-1.log not read again as a new file
     assert_exactly_once(receiver, ids(range(8)), ids(range(100, 105)))
 
 
@@ -182,10 +193,10 @@ def test_rename_rotation_reads_what_the_writer_appends_after_the_rename(
     config = file_config(tmp_path, receiver.url, (str(log),), rotate_wait=ROTATE_WAIT)
     writer = log.open("ab", buffering=0)
     try:
-        with running_agent(config):
+        with running_agent(config) as agent:
             writer.write(lines(range(10)))
             assert wait_for_ids(receiver, ids(range(10)))
-            if quiet_before:
+            if quiet_before:  # the scenario itself: quiet for longer than rotate_wait
                 time.sleep(ROTATE_WAIT + 1.0)
             log.rename(logs / "app.log.1")
             log.write_bytes(lines(range(100, 105)))
@@ -199,7 +210,8 @@ def test_rename_rotation_reads_what_the_writer_appends_after_the_rename(
             writer.close()
             append(log, lines(range(105, 108)))
             assert wait_for_ids(receiver, ids(range(100, 108)))
-            time.sleep(SETTLE)
+            assert wait_until(lambda: caught_up(agent, log), 5)
+            time.sleep(SETTLE_SECONDS)  # no duplicate: nothing read again
             assert wait_until(lambda: not descriptors_to("app.log.1"), ROTATE_WAIT + 3), (
                 "app.log.1 is still held open after rotate_wait"
             )
@@ -221,27 +233,34 @@ def test_copytruncate_reads_again_from_the_start_and_is_counted(
     log = logs / "app.log"
     config = file_config(tmp_path, receiver.url, (str(log),), rotate_wait=ROTATE_WAIT)
     with log.open("ab", buffering=0) as writer, running_agent(config) as agent:
+
+        def truncations() -> float | None:
+            return agent.registry.get_sample_value(
+                "tailhook_file_truncations_total", {"source": "waf"}
+            )
+
         writer.write(lines(range(10)))
         assert wait_for_ids(receiver, ids(range(10)))
+        read = log.stat().st_size
         shutil.copyfile(log, logs / "app.log.1")
         os.truncate(log, 0)
-        time.sleep(0.5)  # the agent sees the file shrink before it grows again
+        # The agent sees the file shrink before it grows again.
+        assert wait_until(lambda: truncations() == 1, 5)
         writer.write(lines(range(10, 13)))
         assert wait_for_ids(receiver, ids(range(13)))
+        read += log.stat().st_size
         # A second copytruncate, and lines written in pieces after it.
         shutil.copyfile(log, logs / "app.log.1")
         os.truncate(log, 0)
-        time.sleep(0.5)
+        assert wait_until(lambda: truncations() == 2, 5)
         data = lines(range(13, 16))
         writer.write(data[:30])
-        time.sleep(0.3)
+        assert wait_bytes_read(agent, read + 30)  # the first piece read on its own
         writer.write(data[30:])
         assert wait_for_ids(receiver, ids(range(16)))
-        time.sleep(SETTLE)
-        truncations = agent.registry.get_sample_value(
-            "tailhook_file_truncations_total", {"source": "waf"}
-        )
-    assert truncations == 2
+        assert wait_until(lambda: caught_up(agent, log), 5)
+        time.sleep(SETTLE_SECONDS)  # no duplicate, no third truncation
+        assert truncations() == 2
     assert_exactly_once(receiver, ids(range(16)))
 
 
@@ -258,10 +277,8 @@ def test_truncate_then_a_bigger_write_before_the_agent_looks_is_noticed(
     logs.mkdir()
     log = logs / "app.log"
     log.write_bytes(lines(range(10)))
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        file_source_yaml(tmp_path / "state", receiver.url, [str(log)], rotate_wait="1s")
-    )
+    config, state = tmp_path / "config.yaml", tmp_path / "state"
+    config.write_text(file_source_yaml(state, receiver.url, [str(log)], rotate_wait="1s"))
     with AgentProcess(config, tmp_path / "agent.log") as agent:
         assert wait_for_ids(receiver, ids(range(10)))
         block = lines(range(1000, 1100))
@@ -276,7 +293,9 @@ def test_truncate_then_a_bigger_write_before_the_agent_looks_is_noticed(
         finally:
             os.kill(agent.pid, signal.SIGCONT)
         delivered = wait_for_ids(receiver, ids(range(1000, 1100)), timeout=5)
-        time.sleep(SETTLE)
+        if delivered:
+            assert wait_until(lambda: process_caught_up(state, log), 5)
+            time.sleep(SETTLE_SECONDS)  # no duplicate: nothing read again
         truncations = agent.metric("tailhook_file_truncations_total", source="waf")
         torn = agent.metric(
             "tailhook_events_total", source="waf", event_type="unknown", outcome="invalid_json"
@@ -321,7 +340,8 @@ def test_a_file_deleted_while_open_is_read_to_its_end_then_released(
         assert wait_until(
             lambda: not [t for t in agent.open_files() if "app.log" in t], ROTATE_WAIT + 3
         ), f"still open: {[t for t in agent.open_files() if 'app.log' in t]}"
-        time.sleep(SETTLE)
+        # Released, so nothing more is read: once the spool is empty nothing more comes.
+        assert wait_until(lambda: drained(tmp_path / "state"), 5)
         assert agent.terminate() == 0
     assert_exactly_once(receiver, ids(range(20)))
 
@@ -343,9 +363,10 @@ def test_rotation_while_stopped_reads_both_files_completely(
     log.rename(logs / "app-1.log")
     append(logs / "app-1.log", hit_line(9)[40:] + b"\n")
     log.write_bytes(lines(range(100, 106)))
-    with running_agent(config):
+    with running_agent(config) as agent:
         assert wait_for_ids(receiver, ids([*range(10), *range(100, 106)]))
-        time.sleep(SETTLE)
+        assert wait_until(lambda: caught_up(agent, log, logs / "app-1.log"), 5)
+        time.sleep(SETTLE_SECONDS)  # no duplicate: neither file read again
     assert_exactly_once(receiver, ids(range(10)), ids(range(100, 106)))
 
 
@@ -373,14 +394,15 @@ def test_a_new_matching_file_is_picked_up_within_a_second_or_so(
         tmp_path, receiver.url, (str(logs / "app*.log"),), watch=watch, rotate_wait=ROTATE_WAIT
     )
     latencies = []
-    with running_agent(config):
-        time.sleep(0.5)
+    with running_agent(config) as agent:
         for n in range(4):
             written_at = time.monotonic()
             (logs / f"app-{n}.log").write_bytes(lines([n]))
             latencies.append(delivery_latency(receiver, f"hit-{n}", written_at, 10))
             time.sleep(0.37)  # land at different points of the 1 s rescan
-        time.sleep(SETTLE)
+        new_files = [logs / f"app-{n}.log" for n in range(4)]
+        assert wait_until(lambda: caught_up(agent, *new_files), 5)
+        time.sleep(SETTLE_SECONDS)  # no duplicate: no file read twice
     print(f"watch={watch}: new-file delivery latency " + ", ".join(f"{s:.2f}s" for s in latencies))
     assert max(latencies) < 2.5, latencies
     assert_exactly_once(receiver, ids(range(4)))
@@ -408,7 +430,7 @@ def test_symlinked_paths_are_followed_as_in_var_log_containers(
         tmp_path, receiver.url, (str(containers / "*.log"),), rotate_wait=ROTATE_WAIT
     )
     latencies = []
-    with running_agent(config):
+    with running_agent(config) as agent:
         assert wait_for_ids(receiver, ["hit-0", "hit-100"])
         for n in range(1, 5):
             time.sleep(0.29)
@@ -426,7 +448,9 @@ def test_symlinked_paths_are_followed_as_in_var_log_containers(
         targets["a"].rename(pods / "a" / "0.log.20240101-000000")
         targets["a"].write_bytes(lines([10, 11]))
         assert wait_for_ids(receiver, ["hit-10", "hit-11"])
-        time.sleep(SETTLE)
+        links = [containers / f"{name}.log" for name in ("a", "b", "c")]
+        assert wait_until(lambda: caught_up(agent, *links), 5)
+        time.sleep(SETTLE_SECONDS)  # no duplicate: no target read twice
     print("symlinked targets: append delivery latency " + ", ".join(f"{s:.2f}s" for s in latencies))
     assert max(latencies) < 2.5, latencies
     assert_exactly_once(receiver, ids([0, 1, 3]), ids([100, 102, 104]), ids([200]), ids([10, 11]))
@@ -442,10 +466,8 @@ def test_a_half_written_line_across_sigkill_is_delivered_once(
     logs = tmp_path / "logs"
     logs.mkdir()
     log = logs / "app.log"
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        file_source_yaml(tmp_path / "state", receiver.url, [str(log)], rotate_wait="1s")
-    )
+    config, state = tmp_path / "config.yaml", tmp_path / "state"
+    config.write_text(file_source_yaml(state, receiver.url, [str(log)], rotate_wait="1s"))
     log.write_bytes(lines(range(5)) + hit_line(5)[:70])
     agent_log = tmp_path / "agent.log"
     with AgentProcess(config, agent_log) as agent:
@@ -460,13 +482,18 @@ def test_a_half_written_line_across_sigkill_is_delivered_once(
             ),
             5,
         )
-        time.sleep(1.2)  # the half line has surely been read (and held) by now
+        # The half line read (and held), not only the five before it.
+        size = log.stat().st_size
+        assert wait_until(
+            lambda: agent.metric("tailhook_source_bytes_total", source="waf") == size, 5
+        )
         agent.kill()
     append(log, hit_line(5)[70:] + b"\n" + lines([6]))
     with AgentProcess(config, agent_log) as agent:
         assert wait_for_ids(receiver, ids(range(7)))
-        time.sleep(SETTLE)
+        assert wait_until(lambda: process_caught_up(state, log), 5)
+        time.sleep(SETTLE_SECONDS)  # no duplicate: nothing read again
         assert agent.terminate() == 0
     assert_exactly_once(receiver, ids(range(7)))
-    rejected = tmp_path / "state" / "rejected" / "waf.jsonl"
+    rejected = state / "rejected" / "waf.jsonl"
     assert not rejected.exists() or rejected.read_text() == "", "a torn half line was rejected"

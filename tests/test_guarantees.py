@@ -6,7 +6,8 @@
   segment behind, and the lines are kept twice when they are read again; a refused
   segment leaves its checkpoint behind, and after a crash its lines are skipped.
 - A file truncated and written again past the read offset is noticed even when its first
-  KiB did not change: the bytes just before the offset are compared too.
+  KiB did not change: the bytes just before the offset are compared too; and when nothing
+  was committed yet (no bytes before the offset to compare), by its first bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.agent_support import file_config, hit_line, received_ids, running_agent, wait_until
+from tests.agent_support import (
+    caught_up,
+    committed_offsets,
+    file_config,
+    hit_line,
+    received_ids,
+    running_agent,
+    wait_bytes_read,
+    wait_until,
+)
 from tests.support.agent_process import AgentProcess, file_source_yaml
 from tests.support.receiver import Receiver
 
@@ -44,13 +54,6 @@ def plant_fault(state: Path, table: str) -> None:
 def clear_fault(state: Path, table: str) -> None:
     with sqlite3.connect(state / "spool.db", timeout=30) as db:
         db.execute(f"DROP TRIGGER refuse_{table}")
-
-
-def committed_offsets(state: Path) -> list[int]:
-    """The offsets the agent has committed for its files (its checkpoints, read-only)."""
-    with sqlite3.connect(f"file:{state / 'spool.db'}?mode=ro", uri=True, timeout=30) as db:
-        rows = db.execute("SELECT offset FROM checkpoints WHERE key != '*'").fetchall()
-    return [offset for (offset,) in rows]
 
 
 def wait_for_failed_write(agent: AgentProcess, offset: int) -> bool:
@@ -78,7 +81,7 @@ def test_a_refused_checkpoint_keeps_nothing_of_its_read(tmp_path: Path, receiver
         clear_fault(state, "checkpoints")
         # Wait until the whole file is read and committed, and everything sent.
         size = log.stat().st_size
-        assert wait_until(lambda: committed_offsets(state) == [size], 15)
+        assert wait_until(lambda: list(committed_offsets(state).values()) == [size], 15)
         assert wait_until(lambda: agent.metric("tailhook_webhook_backlog_events") == 0, 15)
         assert agent.terminate() == 0
     counts = got(receiver)
@@ -141,3 +144,33 @@ def test_a_rewrite_past_the_offset_with_the_same_first_kib_is_read_again(
         assert receiver.wait_for(lambda _: set(got(receiver)) >= wanted, timeout=10), (
             f"never read: {sorted(wanted - set(got(receiver)))}"
         )
+
+
+def test_a_rewrite_before_the_first_line_ended_is_read_from_the_start(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The first line is still unfinished (the offset is 0: no bytes before it to compare)
+    when the file is written again in place, longer: only its first bytes can tell that
+    the 70 bytes held are not the start of what follows."""
+    log = tmp_path / "detections.log"
+    log.write_bytes(hit_line(0)[:70])
+    config = file_config(tmp_path, receiver.url, (str(log),))
+    with running_agent(config) as agent:
+        assert wait_bytes_read(agent, 70)  # read and held
+        rewritten = lines(range(100, 105))
+        fd = os.open(log, os.O_WRONLY)
+        try:
+            os.pwrite(fd, rewritten, 0)  # in place, one write: the file never shrinks
+        finally:
+            os.close(fd)
+        wanted = {f"hit-{n}" for n in range(100, 105)}
+        assert receiver.wait_for(lambda _: set(got(receiver)) >= wanted, timeout=10), (
+            f"never read: {sorted(wanted - set(got(receiver)))}"
+        )
+        assert wait_until(lambda: caught_up(agent, log), 5)
+        torn = agent.registry.get_sample_value(
+            "tailhook_events_total",
+            {"source": "waf", "event_type": "unknown", "outcome": "invalid_json"},
+        )
+    assert sorted(got(receiver).elements()) == sorted(wanted)
+    assert not torn

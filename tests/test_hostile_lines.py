@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.agent_support import file_config, hit_line, received_ids, running_agent, wait_until
+from tests.agent_support import (
+    caught_up,
+    file_config,
+    hit_line,
+    received_ids,
+    running_agent,
+    wait_bytes_read,
+    wait_until,
+)
 from tests.support.agent_process import AgentProcess, file_source_yaml
 from tests.support.receiver import Receiver
 
@@ -46,6 +53,10 @@ def outcomes(registry: CollectorRegistry) -> dict[str, float]:
                 outcome = sample.labels["outcome"]
                 totals[outcome] = totals.get(outcome, 0) + sample.value
     return {outcome: n for outcome, n in totals.items() if n}
+
+
+def truncations(registry: CollectorRegistry) -> float:
+    return registry.get_sample_value("tailhook_file_truncations_total", {"source": "waf"}) or 0
 
 
 def rejected_entries(state: Path) -> list[dict[str, object]]:
@@ -102,7 +113,7 @@ def test_each_kind_of_bad_line_is_rejected_by_reason_and_costs_no_neighbour(
     valid = [f"hit-{n}" for n in range(len(BAD_LINES) + 1)]
     with running_agent(file_config(tmp_path, receiver.url, (str(log),))) as agent:
         assert wait_for_ids(receiver, valid)
-        time.sleep(0.5)
+        assert wait_until(lambda: caught_up(agent, log), 5)
         counted = outcomes(agent.registry)
     assert got(receiver) == valid
     expected: dict[str, float] = {"accepted": len(valid)}
@@ -126,15 +137,16 @@ def test_a_bom_split_across_writes_and_after_a_copytruncate_is_skipped(
         with log.open("ab", buffering=0) as writer:
             for piece in (BOM[:1], BOM[1:2], BOM[2:] + hit_line(0)[:10]):
                 writer.write(piece)
-                time.sleep(0.3)  # each piece is read on its own
+                assert wait_bytes_read(agent, log.stat().st_size)  # read on its own
             writer.write(hit_line(0)[10:] + b"\r\n" + hit_line(1) + b"\r\n")
             assert wait_for_ids(receiver, ["hit-0", "hit-1"])
-            # copytruncate, and the writer starts the file again with a BOM
+            # copytruncate, and the writer starts the file again with a BOM once the
+            # agent has seen the file shrink
             log.write_bytes(b"")
-            time.sleep(0.5)
+            assert wait_until(lambda: truncations(agent.registry) == 1, 5)
             writer.write(BOM + hit_line(2) + b"\r\n")
             assert wait_for_ids(receiver, ["hit-2"])
-        time.sleep(0.5)
+        assert wait_until(lambda: caught_up(agent, log), 5)
         counted = outcomes(agent.registry)
     assert got(receiver) == ["hit-0", "hit-1", "hit-2"]
     assert counted == {"accepted": 3}
@@ -156,7 +168,7 @@ def test_max_line_bytes_is_the_length_without_the_line_ending(
     config = file_config(tmp_path, receiver.url, (str(log),), max_line_bytes=limit)
     with running_agent(config) as agent:
         assert wait_for_ids(receiver, ["hit-0", "hit-3"])
-        time.sleep(0.5)
+        assert wait_until(lambda: caught_up(agent, log), 5)
         counted = outcomes(agent.registry)
     rejected = [(e["reason"], e["length"]) for e in rejected_entries(tmp_path / "state")]
     assert got(receiver) == ["hit-0", "hit-1", "hit-3"], f"rejected: {rejected}"
@@ -175,24 +187,17 @@ def test_an_over_long_line_across_reads_and_a_restart_is_rejected_once(
     with running_agent(config) as agent:
         assert wait_for_ids(receiver, ["hit-0"])
         with log.open("ab") as out:
-            for _ in range(2):
+            for _ in range(2):  # each MiB read apart
                 out.write(b"x" * MIB)
                 out.flush()
-                time.sleep(0.2)
-        # Read, not yet finished: the file's lag reaches 0 with nothing rejected.
-        time.sleep(1.2)  # the lag gauge is set by the once-a-second scan
-        assert wait_until(
-            lambda: (
-                agent.registry.get_sample_value("tailhook_file_lag_bytes", {"source": "waf"}) == 0
-            ),
-            5,
-        )
+                assert wait_bytes_read(agent, log.stat().st_size)
+        # Read to the end, not yet finished: nothing rejected.
         assert "line_too_long" not in outcomes(agent.registry)
     with log.open("ab") as out:
         out.write(b"x" * MIB + b"\n" + hit_line(1) + b"\n")
     with running_agent(config) as agent:
         assert wait_for_ids(receiver, ["hit-0", "hit-1"])
-        time.sleep(0.5)
+        assert wait_until(lambda: caught_up(agent, log), 5)
         counted = outcomes(agent.registry)
     assert got(receiver) == ["hit-0", "hit-1"]
     assert counted == {"accepted": 1, "line_too_long": 1}

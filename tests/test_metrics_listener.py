@@ -26,6 +26,10 @@ from tests.agent_support import hit_line, received_ids, wait_until
 from tests.support.agent_process import REPO, AgentProcess, file_source_yaml
 from tests.support.receiver import Receiver
 
+#: Before a client resets its half-sent request: time for the server to begin reading it,
+#: so the reset lands mid-request (nothing the server exposes says it has begun).
+HALF_REQUEST_READ = 0.1
+
 
 def ok() -> tuple[bool, str]:
     return True, "ok"
@@ -140,7 +144,7 @@ def test_a_client_resetting_mid_request_prints_nothing_and_logs_at_debug(
     for _ in range(3):
         conn = connect(server)
         conn.sendall(b"GET /metrics HTTP/1.1\r\n")  # no end of headers: the server waits
-        time.sleep(0.1)
+        time.sleep(HALF_REQUEST_READ)
         reset(conn)
     assert wait_until(lambda: len(caplog.records) >= 3, 5)
     assert {r.levelname for r in caplog.records} == {"DEBUG"}

@@ -26,6 +26,9 @@ FAST = BatchConfig(max_wait=0.05)
 TINY_BACKOFF = RetryConfig(initial_backoff=0.01, max_backoff=5.0, max_elapsed=60)
 QUICK_RETRY = RetryConfig(initial_backoff=0.05, max_backoff=0.2, max_elapsed=60)
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+#: Longer than QUICK_RETRY's max_backoff (0.2 s): a batch wrongly tried again after it
+#: was finished would be sent within it. Waited only once the batch is seen finished.
+RETRY_WINDOW = 0.3
 DEAD_LETTER_FIELDS = {"time", "webhook", "webhook_id", "reason", "status", "response", "events"}
 
 
@@ -61,6 +64,11 @@ def delivered(run: Running, event_type: str = "hit") -> float:
     return run.value(
         "tailhook_webhook_events_delivered_total", webhook="soc", event_type=event_type
     )
+
+
+def finished(run: Running) -> bool:
+    """The webhook has no batch in flight and nothing left to send."""
+    return run.spool.backlog("soc") == 0 and run.spool.open_batch("soc") is None
 
 
 def gap(requests: list[RecordedRequest]) -> float:
@@ -154,10 +162,10 @@ def test_a_redirect_is_not_followed_and_is_dead_lettered(tmp_path: Path, status:
                 wait_until(
                     lambda: dead_lettered(run, "rejected") == 2, 5, "the batch to be dead-lettered"
                 )
-                time.sleep(0.3)  # any retry or redirect would happen now
+                # Finished: nothing is left that could be retried or sent elsewhere.
+                wait_until(lambda: finished(run), 5, "the batch to be finished")
                 assert requests_with(run, str(status)) == 1
                 assert run.value("tailhook_webhook_retries_total", webhook="soc") == 0
-                assert run.spool.backlog("soc") == 0
             assert len(moved.requests) == 1
         assert elsewhere.requests == []
     (letter,) = dead_letters(tmp_path)
@@ -173,7 +181,7 @@ def test_permanent_statuses_are_not_retried(tmp_path: Path, status: int) -> None
     with Receiver(sequence(status, then=200)) as refusing:
         with running_sinks(tmp_path, [webhook(refusing.url)], [hit(1)]) as run:
             wait_until(lambda: dead_lettered(run, "rejected") == 1, 5, "a dead letter")
-            time.sleep(0.3)
+            wait_until(lambda: finished(run), 5, "the batch to be finished")
             assert requests_with(run, str(status)) == 1
             assert requests_with(run, "200") == 0
         assert len(refusing.requests) == 1
@@ -211,15 +219,14 @@ def test_a_batch_past_max_elapsed_is_dead_lettered_as_expired(tmp_path: Path) ->
         with running_sinks(tmp_path, [webhook(down.url, retry=retry)], events) as run:
             wait_until(lambda: dead_lettered(run, "expired") >= 3, 4, "the batch to expire")
             expired_at = time.time()
-            time.sleep(0.3)
+            wait_until(lambda: finished(run), 5, "the batch to be finished")
             assert dead_lettered(run, "expired") == 3  # counts events, not batches
             assert dead_lettered(run, "rejected") == 0
             # the last attempt may be cut at expiry, before its answer came
             answered = requests_with(run, "503") + requests_with(run, "timeout")
             assert answered == len(down.requests)
-            assert run.spool.backlog("soc") == 0
             count = len(down.requests)
-            time.sleep(0.2)
+            time.sleep(RETRY_WINDOW)
             assert len(down.requests) == count, "the expired batch was sent again"
         requests = down.requests
 
@@ -263,6 +270,25 @@ def test_a_connection_failure_past_max_elapsed_has_a_null_status(
     assert letter["status"] is None
     assert letter["response"] == ""
     assert letter["events"] == [{"object_type": "hit", "n": 1}]
+
+
+def test_each_dead_letter_is_appended_and_none_is_lost(tmp_path: Path) -> None:
+    """Three batches refused: three entries in the one file, in order, each its own
+    line; a restart adds to the file, never starts it again."""
+    batch = BatchConfig(max_events=1, max_wait=0.05)
+    with Receiver(400) as refusing:
+        hook = webhook(refusing.url, batch=batch)
+        with running_sinks(tmp_path, [hook], [hit(1), hit(2)]) as run:
+            wait_until(lambda: dead_lettered(run, "rejected") == 2, 5, "two dead letters")
+        with running_sinks(tmp_path, [hook], [hit(3)]) as run:
+            wait_until(lambda: dead_lettered(run, "rejected") == 1, 5, "a third")
+    letters = dead_letters(tmp_path)
+    assert [letter["events"] for letter in letters] == [
+        [{"object_type": "hit", "n": n}] for n in (1, 2, 3)
+    ]
+    assert [letter["webhook_id"] for letter in letters] == [
+        r.headers["webhook-id"] for r in refusing.requests
+    ]
 
 
 # --- after a dead letter, delivery goes on ---------------------------------------------

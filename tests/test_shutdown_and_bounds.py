@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def test_sigterm_lets_the_request_in_flight_finish_keeps_the_rest_and_exits_0(
 
 
 def test_a_full_spool_with_block_stops_reading_and_resumes_without_skipping(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     log = tmp_path / "detections.log"
     log.write_bytes(b"")
@@ -76,6 +77,7 @@ def test_a_full_spool_with_block_stops_reading_and_resumes_without_skipping(
         }
     )
     receiver.answer_with(503)
+    caplog.set_level(logging.WARNING, logger="agent.spool")
     agent = Agent(config, CollectorRegistry())
     agent.start()
     try:
@@ -83,8 +85,7 @@ def test_a_full_spool_with_block_stops_reading_and_resumes_without_skipping(
             for n in range(4000):  # ~2.8 MB to keep, five times the spool's room
                 out.write(hit_line(n) + b"\n")
         assert agent.spool is not None
-        assert wait_until(lambda: agent.spool is not None and agent.spool.held_bytes > 0, 10)
-        time.sleep(1.5)
+        assert wait_until(lambda: "The spool is full; sources wait" in caplog.text, 10)
         # Reading stopped: the spool holds what fits in its share of max_bytes, and the
         # offset kept for the file is far from its end (the rest waits in the file).
         budget = agent.spool.budget

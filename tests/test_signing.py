@@ -22,6 +22,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from agent.config import BatchConfig, RetryConfig, SigningConfig, WebhookConfig
 from agent.sinks.signing import sign
+from tests.agent_support import wait_until
 from tests.delivery_support import hit, running_sinks, scope
 from tests.support.receiver import Receiver, RecordedRequest, Response, sequence
 
@@ -112,7 +113,7 @@ def test_every_request_verifies_including_retries(tmp_path: Path) -> None:
     with Receiver(sequence(busy, busy, then=200)) as flaky:
         with running_sinks(tmp_path, [webhook(flaky.url, secret)], [hit(1), scope(2)]) as run:
             assert flaky.wait_for(3, timeout=5)
-            time.sleep(0.2)
+            assert wait_until(lambda: run.spool.backlog("soc") == 0, 5)  # delivery recorded
             assert run.value("tailhook_webhook_requests_total", webhook="soc", code="503") == 2
             assert run.value("tailhook_webhook_requests_total", webhook="soc", code="200") == 1
         requests = flaky.requests

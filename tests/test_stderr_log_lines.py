@@ -95,7 +95,7 @@ def reset_mid_request(port: int) -> None:
     """A client that sends half a request, then crashes (a TCP reset)."""
     conn = socket.create_connection(("127.0.0.1", port), timeout=5)
     conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-    time.sleep(0.05)
+    time.sleep(0.05)  # the server has begun reading it: the reset comes mid-request
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()
 

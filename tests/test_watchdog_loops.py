@@ -25,6 +25,9 @@ from tests.support.notify_socket import Datagram, NotifySocket
 from tests.support.receiver import Receiver, Response
 
 HALF = 0.2  # WATCHDOG_USEC=400000: a ping every 0.2 s
+#: Once unhealthy is reported, five half-intervals in which no ping may come: a loop
+#: that went on pinging would send about five.
+NO_PING_WINDOW = 5 * HALF
 
 
 class Blocking(Worker):
@@ -134,7 +137,7 @@ def test_a_stuck_webhook_loop_stops_the_pings_and_fails_healthz_an_idle_one_does
             answer = requests.get(healthz, timeout=5)
             assert answer.status_code == 503 and "soc stuck for" in answer.text
             assert "waf" not in answer.text  # the source is fine
-            time.sleep(5 * HALF)  # five half-intervals: no ping may come
+            time.sleep(NO_PING_WINDOW)
             assert pings_after(systemd, stuck.at) == 0
         assert any("no longer pinged" in r.message for r in caplog.records)
 

@@ -25,6 +25,11 @@ class AlwaysFailing(Worker):
         raise self.error
 
 
+#: How long a failing worker runs: five and a half RECOVERY_WAITs (0.1 s here), so about
+#: six tries if it waits before each, thousands if it spins. A rate needs a fixed window.
+RUNNING_FOR = 0.55
+
+
 @pytest.fixture(autouse=True)
 def quick_recovery(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(worker, "RECOVERY_WAIT", 0.1)
@@ -50,7 +55,7 @@ def test_a_failing_step_waits_before_each_try_while_stopping_with_a_deadline() -
 def test_a_failing_step_waits_before_each_try_while_running() -> None:
     failing = AlwaysFailing(RuntimeError("boom"))
     failing.start()
-    time.sleep(0.55)
+    time.sleep(RUNNING_FOR)
     failing.stop()
     failing.join(5)
     assert not failing.is_alive()
