@@ -128,6 +128,7 @@ class Agent:
 
     def _start_sink(self, hook: WebhookConfig) -> None:
         assert self.spool is not None
+        self.metrics.declare_webhook(hook.name, hook.events)
         sink = WebhookSink(
             hook, self.spool, self.metrics, self.config.state_dir, on_broken=self._broken
         )
@@ -139,6 +140,8 @@ class Agent:
         ``sources[N].path``."""
         assert self.spool is not None
         config = self.config
+        tails_files = isinstance(source_config, FileSourceConfig)
+        self.metrics.declare_source(source_config.name, tails_files)
         processor = LineProcessor(
             source_config.name,
             load_format(source_config.format),
@@ -188,6 +191,7 @@ class Agent:
                 "A webhook was removed or disabled; its undelivered events are dropped",
                 extra=fields(webhook=name, reason=reason, events=pending),
             )
+        self._forget_gauges(plan, set(enabled))
         for announcement in plan.announcements:
             self._announce(announcement)
         for hook in plan.start_sinks:
@@ -197,6 +201,17 @@ class Agent:
         for source in self.sources:
             source.started.wait(10)
         return plan
+
+    def _forget_gauges(self, plan: Plan, enabled: set[str]) -> None:
+        """Drop the gauges of stopped webhooks and sources that do not come back, once
+        the spool no longer counts them (its gauge loop would set them again)."""
+        for name in plan.stop_sinks:
+            if name not in enabled:
+                self.metrics.forget_webhook(name)
+        sources = {source.name for source in plan.config.sources}
+        for name in plan.stop_sources:
+            if name not in sources:
+                self.metrics.forget_source(name)
 
     def _stop_workers(self, plan: Plan) -> None:
         sources = [s for s in self.sources if s.name in plan.stop_sources]
