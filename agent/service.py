@@ -18,13 +18,14 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
-from agent.config import Config, FileSourceConfig, SourceConfig, WebhookConfig
+from agent.config import Config, FileSourceConfig, SourceConfig, WebhookConfig, load_config
 from agent.errors import ConfigError, Problem, SourceError, StateError
 from agent.formats import MappingContext, load_format
 from agent.httpd import MetricsServer
@@ -101,7 +102,7 @@ class Agent:
                 version=__version__,
                 sources=len(self.sources),
                 webhooks=len(self.sinks),
-                metrics=f"http://{config.metrics.host}:{self.server.port}/metrics",
+                metrics=f"http://{_address(config.metrics.host, self.server.port)}/metrics",
             ),
         )
 
@@ -119,7 +120,7 @@ class Agent:
                 self.metrics.metrics_connections_refused,
             )
         except OSError as exc:
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            address = _address(host, port)
             if exc.errno == errno.EADDRINUSE:
                 problem = f"{address} is in use"
             else:
@@ -340,9 +341,11 @@ class Agent:
     def summary(self) -> str:
         return f"running: {len(self.sources)} sources, {len(self.sinks)} webhooks"
 
-    def run_until_signalled(self, config_path: Path | None = None) -> int:
-        """Run until SIGTERM or SIGINT, then stop cleanly; reload ``config_path`` on
-        SIGHUP or when it changes. Returns the exit status."""
+    def run_until_signalled(
+        self, config_path: Path | None = None, load: Callable[[Path], Config] = load_config
+    ) -> int:
+        """Run until SIGTERM or SIGINT, then stop cleanly; reload ``config_path`` (read
+        by ``load``) on SIGHUP or when it changes. Returns the exit status."""
         stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -359,7 +362,7 @@ class Agent:
         # systemd: READY=1 once started, WATCHDOG=1 while healthy, STOPPING=1 (agent.notify)
         self.notifier = Notifier.from_environment()
         watchdog = Watchdog(self.notifier, self.healthy, StatusLine(self.metrics).text)
-        reloader = Reloader(self, config_path) if config_path is not None else None
+        reloader = Reloader(self, config_path, load) if config_path is not None else None
         watcher = ConfigWatcher(config_path, on_change) if config_path is not None else None
         try:
             self.start()
@@ -388,3 +391,8 @@ class Agent:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+
+def _address(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets (``[::]:9717``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
