@@ -175,9 +175,11 @@ def build_the_venv(tmp_path: Path) -> Path:
         'test "$(stat -c %a /var/lib/tailhook)" = 700\n'
     )
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "VENV": str(venv), "SRC": str(src)}
+    # The machine's pip settings that reach the index (a CA bundle, a timeout), if any.
+    env |= {k: v for k, v in os.environ.items() if k in ("PIP_CERT", "PIP_DEFAULT_TIMEOUT")}
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
-        env={**env, "RUN": run, "PIP_CERT": os.environ.get("PIP_CERT", "")},
+        env={**env, "RUN": run},
         capture_output=True,
         text=True,
         timeout=300,
