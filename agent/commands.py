@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from agent.config import Config, load_config
+from agent.config import Config, MetricsConfig, load_config
+from agent.config_rules import parse_listen_address
 from agent.errors import ConfigError, DeliveryError, Problem, StateError
 from agent.formats import load_format
 from agent.replay import replay
@@ -28,18 +32,41 @@ __all__ = [
     "run",
     "test_webhook",
     "validate",
+    "with_environment",
 ]
 
 log = logging.getLogger("agent.commands")
 
+#: Overrides ``metrics.listen`` (``HOST:PORT``, ``[IPv6]:PORT``): in a container,
+#: probes and scrapes come from outside, so the image sets ``0.0.0.0:9717`` without
+#: anyone editing the config.
+METRICS_LISTEN_VARIABLE = "TAILHOOK_METRICS_LISTEN"
+
+
+def with_environment(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
+    """``config`` with the environment's overrides applied (``TAILHOOK_METRICS_LISTEN``);
+    an invalid value is a ``ConfigError`` named after its variable (exit 2)."""
+    value = environ.get(METRICS_LISTEN_VARIABLE)
+    if value is None:
+        return config
+    try:
+        host, port = parse_listen_address(value)
+    except ValueError as exc:
+        raise ConfigError([Problem(METRICS_LISTEN_VARIABLE, f"{value!r} {exc}")]) from exc
+    return replace(config, metrics=MetricsConfig(host=host, port=port))
+
+
+def _load_with_environment(config_path: Path) -> Config:
+    return with_environment(load_config(config_path))
+
 
 def run(config_path: Path) -> int:
     """``tailhook run``: only log lines reach stderr, in the configured format (JSON
-    until the config is read). Exit 2: the config or the state_dir is refused; 1: the
-    state_dir is in use, or cannot be used."""
+    until the config is read). Exit 2: the config, an override from the environment or
+    the state_dir is refused; 1: the state_dir is in use, or cannot be used."""
     setup_logging("info", "json")
     try:
-        config = load_config(config_path)
+        config = _load_with_environment(config_path)
     except ConfigError as exc:
         _log_problems(exc, config_path)
         return 2
@@ -47,7 +74,7 @@ def run(config_path: Path) -> int:
     for warning in config.warnings:
         log.warning(warning, extra=fields(config=str(config_path)))
     try:
-        return Agent(config).run_until_signalled(config_path)
+        return Agent(config).run_until_signalled(config_path, _load_with_environment)
     except ConfigError as exc:
         _log_problems(exc, config_path)
         return 2
@@ -65,7 +92,7 @@ def _log_problems(exc: ConfigError, config_path: Path) -> None:
 
 
 def check_config(config_path: Path) -> int:
-    config = load_config(config_path)
+    config = _load_with_environment(config_path)
     for source in config.sources:
         load_format(source.format)  # compiles the schemas the config uses
     for warning in config.warnings:

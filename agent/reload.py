@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from agent.config import load_config
+from agent.config import Config, load_config
 from agent.errors import ConfigError
 from agent.formats import EventFormat, MappingContext, load_format
 from agent.plan import Announcement
@@ -110,9 +110,14 @@ class ConfigWatcher:
 class Reloader:
     """Loads the config file again and applies it to the running agent."""
 
-    def __init__(self, agent: Agent, path: Path) -> None:
+    def __init__(
+        self, agent: Agent, path: Path, load: Callable[[Path], Config] = load_config
+    ) -> None:
+        """``load``: how the file becomes a ``Config``, as at start (with the
+        environment's overrides: ``agent.commands.with_environment``)."""
         self.agent = agent
         self.path = path
+        self._load = load
 
     def reload(self) -> bool:
         """Load and apply the config; False (the running one stays) if it is refused."""
@@ -129,7 +134,7 @@ class Reloader:
 
     def _load_and_apply(self) -> bool:
         try:
-            new = load_config(self.path)
+            new = self._load(self.path)
         except ConfigError as exc:
             self._refused(exc, "The new config is invalid; the running one stays")
             return False

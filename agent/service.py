@@ -18,13 +18,14 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
-from agent.config import Config, FileSourceConfig, SourceConfig, WebhookConfig
+from agent.config import Config, FileSourceConfig, SourceConfig, WebhookConfig, load_config
 from agent.errors import ConfigError, Problem, SourceError, StateError
 from agent.formats import MappingContext, load_format
 from agent.httpd import MetricsServer
@@ -101,7 +102,7 @@ class Agent:
                 version=__version__,
                 sources=len(self.sources),
                 webhooks=len(self.sinks),
-                metrics=f"http://{config.metrics.host}:{self.server.port}/metrics",
+                metrics=f"http://{_address(config.metrics.host, self.server.port)}/metrics",
             ),
         )
 
@@ -119,7 +120,7 @@ class Agent:
                 self.metrics.metrics_connections_refused,
             )
         except OSError as exc:
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            address = _address(host, port)
             if exc.errno == errno.EADDRINUSE:
                 problem = f"{address} is in use"
             else:
@@ -128,6 +129,7 @@ class Agent:
 
     def _start_sink(self, hook: WebhookConfig) -> None:
         assert self.spool is not None
+        self.metrics.declare_webhook(hook.name, hook.events)
         sink = WebhookSink(
             hook, self.spool, self.metrics, self.config.state_dir, on_broken=self._broken
         )
@@ -139,6 +141,8 @@ class Agent:
         ``sources[N].path``."""
         assert self.spool is not None
         config = self.config
+        tails_files = isinstance(source_config, FileSourceConfig)
+        self.metrics.declare_source(source_config.name, tails_files)
         processor = LineProcessor(
             source_config.name,
             load_format(source_config.format),
@@ -188,6 +192,7 @@ class Agent:
                 "A webhook was removed or disabled; its undelivered events are dropped",
                 extra=fields(webhook=name, reason=reason, events=pending),
             )
+        self._forget_gauges(plan, set(enabled))
         for announcement in plan.announcements:
             self._announce(announcement)
         for hook in plan.start_sinks:
@@ -197,6 +202,17 @@ class Agent:
         for source in self.sources:
             source.started.wait(10)
         return plan
+
+    def _forget_gauges(self, plan: Plan, enabled: set[str]) -> None:
+        """Drop the gauges of stopped webhooks and sources that do not come back, once
+        the spool no longer counts them (its gauge loop would set them again)."""
+        for name in plan.stop_sinks:
+            if name not in enabled:
+                self.metrics.forget_webhook(name)
+        sources = {source.name for source in plan.config.sources}
+        for name in plan.stop_sources:
+            if name not in sources:
+                self.metrics.forget_source(name)
 
     def _stop_workers(self, plan: Plan) -> None:
         sources = [s for s in self.sources if s.name in plan.stop_sources]
@@ -325,9 +341,11 @@ class Agent:
     def summary(self) -> str:
         return f"running: {len(self.sources)} sources, {len(self.sinks)} webhooks"
 
-    def run_until_signalled(self, config_path: Path | None = None) -> int:
-        """Run until SIGTERM or SIGINT, then stop cleanly; reload ``config_path`` on
-        SIGHUP or when it changes. Returns the exit status."""
+    def run_until_signalled(
+        self, config_path: Path | None = None, load: Callable[[Path], Config] = load_config
+    ) -> int:
+        """Run until SIGTERM or SIGINT, then stop cleanly; reload ``config_path`` (read
+        by ``load``) on SIGHUP or when it changes. Returns the exit status."""
         stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -344,7 +362,7 @@ class Agent:
         # systemd: READY=1 once started, WATCHDOG=1 while healthy, STOPPING=1 (agent.notify)
         self.notifier = Notifier.from_environment()
         watchdog = Watchdog(self.notifier, self.healthy, StatusLine(self.metrics).text)
-        reloader = Reloader(self, config_path) if config_path is not None else None
+        reloader = Reloader(self, config_path, load) if config_path is not None else None
         watcher = ConfigWatcher(config_path, on_change) if config_path is not None else None
         try:
             self.start()
@@ -373,3 +391,8 @@ class Agent:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+
+def _address(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets (``[::]:9717``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

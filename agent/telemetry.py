@@ -4,6 +4,13 @@ Metrics are declared against an injected ``CollectorRegistry`` so each agent (an
 test) has its own. Label values come from closed sets: source and webhook names from the
 config, event types, outcomes, status codes. Never a path, an address or a payload.
 
+An operator alerts on ``increase()``, which sees nothing of a series' first sample: so
+every label set known when a source or webhook starts is exported at 0 from then on
+(``declare_source``, ``declare_webhook``; the agent calls them at start and at every
+reload that starts one), and a removed one's gauges go (``forget_source``,
+``forget_webhook``) rather than stay at their last value. The client library's
+``*_created`` series are turned off: they double the series and no rule uses them.
+
 Logging: ``setup_logging`` sends every logger (tailhook's and its libraries') to stderr
 as one JSON object per line (or text), and routes what Python would otherwise print raw
 there (an uncaught exception in any thread, an exception it cannot raise, a warning)
@@ -13,12 +20,14 @@ for every connection or file, logged at most every few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
@@ -27,18 +36,31 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     gc_collector,
     platform_collector,
     process_collector,
 )
 
 from agent import __version__
+from agent.errors import REJECT_REASONS
+from agent.formats import EVENT_TYPES
+
+#: ``tailhook_webhook_requests_total{code}`` of a request that got no HTTP status (the
+#: kinds of ``agent.errors.DeliveryError``); statuses are not known in advance.
+FAILED_REQUEST_CODES = ("timeout", "connection", "tls")
+#: ``tailhook_webhook_events_dead_lettered_total{reason}`` (``agent.sinks.deadletter``).
+DEAD_LETTER_REASONS = ("rejected", "expired")
+#: ``tailhook_webhook_events_discarded_total{reason}`` (``Agent.apply``).
+DISCARD_REASONS = ("deleted", "disabled")
 
 
 class Metrics:
     """The metric families of CONTRACT §7."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        # Process-wide in the client library; every Metrics wants it, so each sets it.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry
         process_collector.ProcessCollector(registry=registry)
         platform_collector.PlatformCollector(registry=registry)
@@ -166,6 +188,12 @@ class Metrics:
             "Undelivered events discarded because the spool was full (when_full: drop_oldest).",
             registry=r,
         )
+        self.filtered = Counter(
+            "tailhook_webhook_events_filtered_total",
+            "Events a webhook's filter excluded: never kept for that webhook.",
+            ["webhook", "event_type"],
+            registry=r,
+        )
         self.discarded = Counter(
             "tailhook_webhook_events_discarded_total",
             "Undelivered events dropped because their webhook was deleted or disabled"
@@ -191,6 +219,63 @@ class Metrics:
         self.reload_successful.set(1)
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
+
+    def declare_source(self, source: str, tails_files: bool) -> None:
+        """Export a source's series at 0: lines, bytes, and every event type and
+        ``unknown`` by every outcome it can have (``accepted`` and ``invalid_schema``
+        for a known type; any reason for ``unknown``)."""
+        self.source_lines.labels(source=source)
+        self.source_bytes.labels(source=source)
+        for event_type in EVENT_TYPES:
+            self.events.labels(source, event_type, "accepted")
+            self.events.labels(source, event_type, "invalid_schema")
+        for outcome in REJECT_REASONS:
+            self.events.labels(source, "unknown", outcome)
+        if tails_files:
+            self.file_truncations.labels(source=source)
+            self.file_lag.labels(source=source)
+            self.source_files.labels(source=source)
+        else:
+            self.socket_connections.labels(source=source)
+            self.socket_connections_refused.labels(source=source)
+            self.socket_idle_closed.labels(source=source)
+            self.socket_fragments_dropped.labels(source=source)
+
+    def declare_webhook(self, webhook: str, event_types: Iterable[str]) -> None:
+        """Export a webhook's series at 0: delivered and filtered for each event type it
+        takes, dead letters and discards by reason, retries, requests that got no
+        status, the request histogram, its backlog and its oldest event's age."""
+        for event_type in event_types:
+            self.delivered.labels(webhook=webhook, event_type=event_type)
+            self.filtered.labels(webhook=webhook, event_type=event_type)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(webhook=webhook, reason=reason)
+        for reason in DISCARD_REASONS:
+            self.discarded.labels(webhook=webhook, reason=reason)
+        for code in FAILED_REQUEST_CODES:
+            self.requests.labels(webhook=webhook, code=code)
+        self.retries.labels(webhook=webhook)
+        self.request_duration.labels(webhook=webhook)
+        self.backlog.labels(webhook=webhook)
+        self.oldest_age.labels(webhook=webhook)
+
+    def forget_webhook(self, webhook: str) -> None:
+        """A webhook deleted or disabled: its gauges go (a backlog or an age left at its
+        last value would keep an alert firing); its counters stay, as counters do."""
+        for gauge in (self.backlog, self.oldest_age):
+            _remove(gauge, webhook)
+
+    def forget_source(self, source: str) -> None:
+        """A source removed: its gauges go, as ``forget_webhook``'s do."""
+        for gauge in (self.file_lag, self.source_files, self.socket_connections):
+            _remove(gauge, source)
+
+
+def _remove(gauge: Gauge, value: str) -> None:
+    """Drop one label set of a one-label gauge, if it was ever set (older client
+    libraries raise ``KeyError`` for one that was not)."""
+    with contextlib.suppress(KeyError):
+        gauge.remove(value)
 
 
 class JSONFormatter(logging.Formatter):
