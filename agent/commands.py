@@ -11,8 +11,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from agent.config import Config, MetricsConfig, load_config
-from agent.config_rules import parse_listen_address
+from agent.config import Config, MetricsConfig, load_config, parse_listen_address
 from agent.errors import ConfigError, DeliveryError, Problem, StateError
 from agent.formats import load_format
 from agent.replay import replay

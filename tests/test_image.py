@@ -31,7 +31,7 @@ import pytest
 import requests
 
 from agent import __version__
-from agent.config_rules import parse_listen_address
+from agent.config import parse_listen_address
 from tests.agent_support import hit_line, received_ids
 from tests.support.agent_process import REPO
 from tests.support.receiver import Receiver
