@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("kind", choices=["nginx", "apache"])
     parser.add_argument("directory", type=Path)
     args = parser.parse_args()
-    for engine, status in (("On", "blocked"), ("DetectionOnly", "monitored")):
+    modes: tuple[tuple[Engine, str], ...] = (("On", "blocked"), ("DetectionOnly", "monitored"))
+    for engine, status in modes:
         lines = record(args.kind, engine, status)
         target = args.directory / f"{args.kind}-{status}.jsonl"
         target.write_bytes(b"".join(line + b"\n" for line in lines))

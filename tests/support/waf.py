@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, NoReturn, Self
 
 import pytest
 
@@ -57,7 +57,7 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Fail in CI, where the packages must be installed; skip elsewhere."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason}: CI must install them (.ci/run)", pytrace=False)
@@ -75,7 +75,6 @@ def server_binary(kind: Kind) -> str:
             f"{name} with ModSecurity is not installed ({PACKAGES[kind]}; missing: "
             f"{', '.join(missing) or name})"
         )
-    assert found is not None
     return found
 
 
@@ -218,16 +217,35 @@ class WafNode:
     def __init__(self, kind: Kind, engine: Engine) -> None:
         self.kind: Kind = kind
         self.engine: Engine = engine
-        self.home = Path(tempfile.mkdtemp(prefix=f"tailhook-{kind}-"))
-        self.home.chmod(0o755)
-        self.audit_log = self.home / "logs" / "audit.log"
-        self.error_log = self.home / "logs" / "error.log"
+        self.home = Path("/nonexistent")  # made by start()
         self.ipv6 = has_ipv6_loopback()
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def audit_log(self) -> Path:
+        return self.home / "logs" / "audit.log"
+
+    @property
+    def error_log(self) -> Path:
+        return self.home / "logs" / "error.log"
+
     def start(self) -> Self:
         binary = server_binary(self.kind)
+        self.home = Path(tempfile.mkdtemp(prefix=f"tailhook-{self.kind}-"))
+        try:
+            self._prepare()
+            for _attempt in range(3):  # another process may take the free port before us
+                self.port = free_port(self.ipv6)
+                if self._launch(binary):
+                    return self
+            raise AssertionError(f"{self.kind} did not start:\n{self.error_tail()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _prepare(self) -> None:
+        self.home.chmod(0o755)
         for name in ("html", "logs", "run", "tmp"):
             (self.home / name).mkdir(mode=0o755)
         data = self.home / "data"
@@ -236,11 +254,6 @@ class WafNode:
         rules = modsecurity_rules(self.engine, self.audit_log, data, UNICODE_MAPS[self.kind])
         (self.home / "modsecurity.conf").write_text(rules)
         self.page("ready")
-        for _attempt in range(3):  # another process may take the free port before us
-            self.port = free_port(self.ipv6)
-            if self._launch(binary):
-                return self
-        raise AssertionError(f"{self.kind} did not start:\n{self.error_tail()}")
 
     def _launch(self, binary: str) -> bool:
         """Start the server and wait for /ready; False when its port was taken meanwhile."""
@@ -267,7 +280,6 @@ class WafNode:
                 if self.get("/ready").status == 200:
                     return True
             time.sleep(0.05)
-        self.stop(remove=False)
         raise AssertionError(f"{self.kind} did not answer in {START_TIMEOUT}s")
 
     def error_tail(self) -> str:
@@ -341,19 +353,23 @@ class WafNode:
     def audit_line_count(self) -> int:
         return len(self.audit_paths())
 
-    def stop(self, remove: bool = True) -> None:
+    def stop(self) -> None:
         """SIGTERM to the server's pid, wait for it; then remove its directory."""
         process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT)
-                raise AssertionError(f"{self.kind} ignored SIGTERM for {STOP_TIMEOUT}s") from None
-        if remove:
-            shutil.rmtree(self.home, ignore_errors=True)
+        try:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(STOP_TIMEOUT)
+                    raise AssertionError(
+                        f"{self.kind} ignored SIGTERM for {STOP_TIMEOUT}s"
+                    ) from None
+        finally:
+            if self.home.name.startswith(f"tailhook-{self.kind}-"):
+                shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()
