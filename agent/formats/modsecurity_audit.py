@@ -24,6 +24,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from agent.formats.native import InvalidValue
@@ -121,6 +122,7 @@ def read_v3_message(message: dict[str, Any]) -> RuleMessage:
     )
 
 
+@lru_cache(maxsize=1024)  # the lines of one second share their stamp
 def asctime_seconds(stamp: str) -> int:
     """``Sat Nov 28 12:13:53 2026`` read as UTC -> Unix seconds."""
     try:
