@@ -17,11 +17,11 @@ from agent.formats import MappingContext, load_format
 from agent.formats.modsecurity import (
     ModSecurityFormat,
     against_variable,
-    asctime_seconds,
     found_within,
     host_without_port,
     request_path,
 )
+from agent.formats.modsecurity_audit import asctime_seconds
 from agent.formats.native import list_hash
 from agent.schemas import python_validator
 
@@ -326,3 +326,13 @@ def test_invalid_transactions_are_invalid_schema_hits(modsec: ModSecurityFormat,
         modsec.convert(line, CTX)
     assert (caught.value.reason, caught.value.event_type) == ("invalid_schema", "hit")
     assert caught.value.detail
+
+
+def test_a_header_value_logged_cut_short_is_the_header_as_sent(modsec: ModSecurityFormat) -> None:
+    # libmodsecurity 3.0.9 can log a header's value cut after the match, lower-cased (seen
+    # on nginx: "mozilla/5.00 (nikto"); the payload is the header as the client sent it
+    line = sample("blocked")[5]
+    details = line["transaction"]["messages"][0]["details"]
+    details["data"] = "Matched Data: nikto found within REQUEST_HEADERS:User-Agent: nikto/2"
+    hit = convert(modsec, line)
+    assert (hit["point"], hit["payloads"]) == (["header", "USER-AGENT"], ["Nikto/2.1.6"])

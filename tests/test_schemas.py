@@ -65,6 +65,11 @@ def valid_events() -> dict[str, list[dict[str, Any]]]:
     ]
     modsecurity = jsonl(DATA / "modsecurity" / "blocked.jsonl")
     modsecurity += jsonl(DATA / "modsecurity" / "monitored.jsonl")
+    modsecurity += [  # ModSecurity 2's layout: its first recorded attack
+        line
+        for line in jsonl(DATA / "modsecurity" / "apache-blocked.jsonl")
+        if line["audit_data"].get("messages")
+    ][:1]
     return {
         "hit": [hit, ipv6, hashed],
         "vulnerability": [samples["vulnerability"]],

@@ -1,42 +1,55 @@
-"""The ModSecurity format: libmodsecurity 3 / Coraza JSON audit log lines -> hit notifications.
+"""The ModSecurity format: JSON audit log lines -> hit notifications.
 
 Owns validation against ``modsecurity.schema.json`` and the mapping of one transaction to
-one hit notification with the same fields as a native hit. Every line is a ``hit``
-candidate, so every rejection is labelled ``hit``; a transaction without rule messages is
-valid and sends nothing. The choices, where the audit log has no exact equivalent:
+one hit notification with the same fields as a native hit. Both JSON layouts are read:
+libmodsecurity 3's (nginx, Coraza) and ModSecurity 2's (Apache's ``mod_security2``);
+`agent.formats.modsecurity_audit` reads either into one `AuditEntry`. Every line is a
+``hit`` candidate, so every rejection is labelled ``hit``; a transaction without rule
+messages is valid and sends nothing. The choices, where the audit log has no exact
+equivalent:
 
 - ``type``: each rule message votes by CRS rule id range (``CRS_TYPES``), or for a rule
   outside the CRS by its ``attack-*`` tag (``TAG_TYPES``); the type with most votes wins,
   a tie goes to the type voted first. No vote at all (a custom rule without a known tag)
-  gives ``vpatch``, Wallarm's type for a custom rule. Evaluation rules (949, 959, 980)
-  do not vote.
-- ``point`` and ``payloads``: from the first message of the winning type whose ``data``
-  reads ``... found within VARIABLE: value`` (else whose ``match`` reads ``against
-  variable `VARIABLE' (Value: `value' )``); ``payloads`` are the distinct values logged for
-  that variable, a value that is a truncated prefix of another left out. Variables map as
-  ``ARGS:x`` -> ``["get", x]`` when x is a query string argument or the method is GET or
-  HEAD, else ``["post", x]``; ``ARGS_GET``/``ARGS_POST`` and their ``_NAMES`` likewise;
-  ``REQUEST_HEADERS:Name`` -> ``["header", "NAME"]``; ``REQUEST_COOKIES:x`` ->
-  ``["header", "COOKIE", "cookie", x]`` (Wallarm's cookie point); ``FILES:x`` ->
-  ``["post", x]``; ``REQUEST_BODY`` and ``XML`` -> ``["post"]``; ``REQUEST_FILENAME`` and
-  ``REQUEST_BASENAME`` -> ``["path"]``; anything else, or no parsable message, -> ``["uri"]``.
+  gives ``vpatch``, Wallarm's type for a custom rule. Evaluation and correlation rules
+  (949, 959, 980) do not vote.
+- ``point`` and ``payloads``: a message locates the attack when its ``data`` reads
+  ``... found within VARIABLE: value`` (else, v3, its ``match`` reads ``against variable
+  `VARIABLE' (Value: `value' )``; v2, ``... at VARIABLE.``, without the value). The
+  chosen message is the first of the winning type that names a request part more exact
+  than the whole URI (ModSecurity 2's CRS logs ``REQUEST_URI_RAW`` before ``ARGS:file``
+  for a path traversal), else the first of the winning type, else the first located.
+  ``payloads`` are the distinct values logged for its variable, a value that is a
+  truncated prefix of another left out. A header's logged value that starts the header
+  as the request sent it (part B), ignoring case, is that header: the CRS matches
+  headers lower-cased, and libmodsecurity 3.0.9 may log a header's value cut short.
+  Variables map as ``ARGS:x`` -> ``["get", x]`` when x is a query string argument or the
+  method is GET or HEAD, else ``["post", x]``;
+  ``ARGS_GET``/``ARGS_POST`` and their ``_NAMES`` likewise; ``REQUEST_HEADERS:Name`` ->
+  ``["header", "NAME"]``; ``REQUEST_COOKIES:x`` -> ``["header", "COOKIE", "cookie", x]``
+  (Wallarm's cookie point); ``FILES:x`` -> ``["post", x]``; ``REQUEST_BODY`` and ``XML``
+  -> ``["post"]``; ``REQUEST_FILENAME`` and ``REQUEST_BASENAME`` -> ``["path"]``;
+  anything else, or no located message, -> ``["uri"]``. A JSON body's field is
+  ``ARGS:json.q`` in v3 and ``ARGS:q`` in v2: ``["post", "json.q"]`` and ``["post", "q"]``.
 - ``domain``: the Host header without its port, lower-cased (else Coraza's
-  ``request.hostname``, else ``host_ip``); ``path``: the uri without query string.
-- ``block_status``: ``monitored`` unless the engine is ``Enabled``; then Coraza's
-  ``is_interrupted`` decides when present, else ``blocked`` if the response status is 403
-  or a blocking evaluation rule (949xxx, 959xxx) fired.
-- ``request_time`` and ``create_time``: ``time_stamp`` is asctime(3) in the node's local
-  time without a zone; it is read as UTC.
+  ``request.hostname``, else the server address); ``path``: the uri without query string.
+- ``block_status``: ``monitored`` unless the engine is on (v3 ``secrules_engine``
+  ``Enabled``, v2 ``engine_mode`` ``ENABLED``); then whether the WAF interrupted the
+  request decides where the log says (v2 ``audit_data.action.intercepted``, Coraza
+  ``is_interrupted``), else ``blocked`` if the response status is 403 or a blocking
+  evaluation rule (949xxx, 959xxx) fired.
+- ``request_time`` and ``create_time``: v3's ``time_stamp`` is asctime(3) in the node's
+  local time without a zone and is read as UTC; v2's ``time`` carries its zone.
 - ``probability`` and ``heur_distance``: the inbound anomaly score (``Total Score: N`` of
   rule 949110) as a float, 0.0 without one; ``anomality`` is 0.0 (no equivalent).
 - ``stamps``: the distinct rule ids in order; ``regex`` is empty; ``response_len`` is the
   response's Content-Length or 0; ``response_time`` is 0 (not logged); ``id`` is
-  ``[unique_id]``; ``datacenter`` ``unknown``, ``tor`` ``none``, ``remote_country`` null.
+  ``[unique_id]`` (v2: ``transaction_id``); ``datacenter`` ``unknown``, ``tor`` ``none``,
+  ``remote_country`` null.
 """
 
 from __future__ import annotations
 
-import calendar
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -45,6 +58,7 @@ from urllib.parse import parse_qsl
 
 from agent.errors import RejectedLine
 from agent.formats import MappingContext
+from agent.formats.modsecurity_audit import AuditEntry, RuleMessage, read_entry
 from agent.formats.native import (
     MAX_DETAIL,
     InvalidValue,
@@ -54,8 +68,6 @@ from agent.formats.native import (
     parameter_from_point,
 )
 from agent.schemas import fast_validator
-
-Transaction = dict[str, Any]
 
 #: CRS rule files (rule id // 1000) -> Wallarm attack type.
 CRS_TYPES = {
@@ -104,8 +116,8 @@ _BLOCKING_EVALUATION = (949, 959)
 _FOUND_WITHIN = " found within "
 _AGAINST_VARIABLE = "against variable `"
 _COLLECTION = re.compile(r"[A-Z_]+")
+_AT_VARIABLE = " at "
 _INBOUND_SCORE = re.compile(r"Inbound Anomaly Score Exceeded \(Total Score: ([0-9]+)\)")
-_MONTHS = {name: number for number, name in enumerate(calendar.month_abbr) if name}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +130,13 @@ class RuleMatch:
     value: str | None
 
 
-def read_message(message: dict[str, Any]) -> RuleMatch:
-    """One schema-valid rule message -> RuleMatch."""
-    details = message["details"]
-    rule_id = int(details["ruleId"])
-    kind = attack_type(rule_id, details["tags"])
-    found = found_within(details["data"]) or against_variable(details["match"])
-    if found is None:
-        return RuleMatch(rule_id, kind, None, None)
-    return RuleMatch(rule_id, kind, found[0], found[1])
+def read_message(message: RuleMessage) -> RuleMatch:
+    """One rule message -> what it says about the attack."""
+    kind = attack_type(message.rule_id, message.tags)
+    found = found_within(message.data) or against_variable(message.match)
+    if found is not None:
+        return RuleMatch(message.rule_id, kind, found[0], found[1])
+    return RuleMatch(message.rule_id, kind, at_variable(message.match), None)
 
 
 # The two parsers below run in linear time on any input (no backtracking regex): the
@@ -156,13 +166,24 @@ def against_variable(match: str) -> tuple[tuple[str, str | None], str] | None:
     return split_variable(variable), value
 
 
+def at_variable(match: str) -> tuple[str, str | None] | None:
+    """ModSecurity 2's ``Pattern match "..." at ARGS:id.`` -> ``("ARGS", "id")``."""
+    at = match.rfind(_AT_VARIABLE)
+    if at == -1 or not match.endswith("."):
+        return None
+    variable = match[at + len(_AT_VARIABLE) : -1]
+    if not _COLLECTION.fullmatch(variable.partition(":")[0]) or " " in variable:
+        return None
+    return split_variable(variable)
+
+
 def split_variable(variable: str) -> tuple[str, str | None]:
     """``ARGS:id`` -> ``("ARGS", "id")``; ``REQUEST_URI`` -> ``("REQUEST_URI", None)``."""
     collection, colon, key = variable.partition(":")
     return collection, key if colon else None
 
 
-def attack_type(rule_id: int, tags: list[str]) -> str | None:
+def attack_type(rule_id: int, tags: tuple[str, ...]) -> str | None:
     """The Wallarm type one rule votes for, or None (evaluation and setup rules)."""
     if 900000 <= rule_id <= 999999:
         return CRS_TYPES.get(rule_id // 1000)
@@ -208,19 +229,31 @@ def distinct_payloads(values: list[str]) -> list[str]:
     return [v for v in unique if not any(w != v and w.startswith(v) for w in unique)]
 
 
-def locate(
-    matches: list[RuleMatch], kind: str, request: dict[str, Any]
-) -> tuple[list[Any], list[str]]:
-    """``(point, payloads)`` from the first located message of the winning type."""
-    located = [match for match in matches if match.variable is not None]
-    chosen = next((m for m in located if m.attack_type == kind), located[0] if located else None)
-    if chosen is None or chosen.variable is None:
+def locate(matches: list[RuleMatch], kind: str, entry: AuditEntry) -> tuple[list[Any], list[str]]:
+    """``(point, payloads)`` from the chosen message (rule in the module docstring)."""
+    query = entry.uri.partition("?")[2]
+    query_names = {name for name, _ in parse_qsl(query, keep_blank_values=True)}
+    points = [
+        (match, point_for(*match.variable, entry.method, query_names))
+        for match in matches
+        if match.variable is not None
+    ]
+    if not points:
         return ["uri"], []
-    uri: str = request["uri"]
-    query_names = {name for name, _ in parse_qsl(uri.partition("?")[2], keep_blank_values=True)}
-    point = point_for(*chosen.variable, request["method"], query_names)
-    values = [m.value for m in located if m.variable == chosen.variable and m.value is not None]
+    ranked = sorted(points, key=lambda pair: (pair[0].attack_type != kind, pair[1] == ["uri"]))
+    chosen, point = ranked[0]  # sorted() is stable: the first of its rank
+    values = [m.value for m, _ in points if m.variable == chosen.variable and m.value is not None]
+    if point[0] == "header" and len(point) == 2:
+        values = as_sent(values, header(entry.request_headers, point[1].lower()))
     return point, distinct_payloads(values)
+
+
+def as_sent(values: list[str], sent: str | None) -> list[str]:
+    """A header's logged values, each that starts it (ignoring case) replaced by ``sent``."""
+    if sent is None:
+        return values
+    folded = sent.casefold()
+    return [sent if folded.startswith(value.casefold()) else value for value in values]
 
 
 def header(headers: dict[str, str], name: str) -> str | None:
@@ -250,106 +283,85 @@ def request_path(uri: str) -> str:
     return path
 
 
-def request_domain(transaction: Transaction) -> str:
+def request_domain(entry: AuditEntry) -> str:
     """The Host header without its port; else Coraza's hostname; else the server address."""
-    request = transaction["request"]
-    headers = request.get("headers", {})
+    headers = entry.request_headers
     host = header(headers, "host") or header(headers, ":authority")
     if host:
         return host_without_port(host)
-    return str(request.get("hostname") or transaction["host_ip"])
+    return entry.hostname or entry.server_ip
 
 
-def asctime_seconds(stamp: str) -> int:
-    """``Sat Nov 28 12:13:53 2026`` read as UTC -> Unix seconds."""
-    try:
-        _, month, day, clock, year = stamp.split()
-        hour, minute, second = clock.split(":")
-        moment = (int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
-        if not (1 <= moment[2] <= calendar.monthrange(moment[0], moment[1])[1]):
-            raise ValueError("day out of range")
-        if moment[3] > 23 or moment[4] > 59 or moment[5] > 60:
-            raise ValueError("time out of range")
-    except (KeyError, ValueError) as exc:
-        raise InvalidValue(f"/transaction/time_stamp: {stamp!r} is not a valid date") from exc
-    return calendar.timegm(moment)
-
-
-def block_status(transaction: Transaction, matches: list[RuleMatch]) -> str:
+def block_status(entry: AuditEntry, matches: list[RuleMatch]) -> str:
     """``blocked`` or ``monitored`` (rule in the module docstring)."""
-    if transaction.get("producer", {}).get("secrules_engine") != "Enabled":
+    if not entry.engine_enabled:
         return "monitored"
-    if "is_interrupted" in transaction:
-        return "blocked" if transaction["is_interrupted"] else "monitored"
-    if transaction["response"]["http_code"] == 403:
+    if entry.interrupted is not None:
+        return "blocked" if entry.interrupted else "monitored"
+    if entry.status == 403:
         return "blocked"
     blocking = any(m.rule_id // 1000 in _BLOCKING_EVALUATION for m in matches)
     return "blocked" if blocking else "monitored"
 
 
-def inbound_score(messages: list[dict[str, Any]]) -> float:
+def inbound_score(messages: tuple[RuleMessage, ...]) -> float:
     """The CRS inbound anomaly score logged by rule 949110, or 0.0."""
     for message in messages:
-        found = _INBOUND_SCORE.search(message["message"])
+        found = _INBOUND_SCORE.search(message.text)
         if found:
             return float(found.group(1))
     return 0.0
 
 
-def response_length(response: dict[str, Any]) -> int:
-    length = header(response.get("headers", {}), "content-length")
+def response_length(headers: dict[str, str]) -> int:
+    length = header(headers, "content-length")
     return int(length) if length is not None and length.strip().isdigit() else 0
 
 
-def client_fields(transaction: Transaction) -> tuple[str | None, str | None]:
+def client_fields(client_ip: str) -> tuple[str | None, str | None]:
     """``(remote_addr4, remote_addr6)``; both None when client_ip is not an IP (a unix socket)."""
     try:
-        return client_addresses(transaction["client_ip"])
+        return client_addresses(client_ip)
     except ValueError:
         return None, None
 
 
-def map_transaction(transaction: Transaction) -> dict[str, Any] | None:
-    """One schema-valid transaction -> a hit notification, or None without rule messages."""
-    messages = transaction.get("messages") or []
-    if not messages:
-        return None
-    request = transaction["request"]
-    matches = [read_message(message) for message in messages]
+def map_entry(entry: AuditEntry) -> dict[str, Any]:
+    """One audit log entry with rule messages -> a hit notification."""
+    matches = [read_message(message) for message in entry.messages]
     kind = winning_type(matches)
-    point, payloads = locate(matches, kind, request)
+    point, payloads = locate(matches, kind, entry)
     stamps = list(dict.fromkeys(match.rule_id for match in matches))
-    score = inbound_score(messages)
-    seconds = asctime_seconds(transaction["time_stamp"])
-    addr4, addr6 = client_fields(transaction)
+    score = inbound_score(entry.messages)
+    addr4, addr6 = client_fields(entry.client_ip)
     return {
         "anomality": 0.0,
-        "domain": request_domain(transaction),
+        "domain": request_domain(entry),
         "heur_distance": score,
-        "method": request["method"],
+        "method": entry.method,
         "parameter": parameter_from_point(point),
-        "path": request_path(request["uri"]),
+        "path": request_path(entry.uri),
         "payloads": payloads,
         "point": point,
         "probability": score,
         "remote_country": None,
-        "remote_port": int(transaction["client_port"]),
+        "remote_port": entry.client_port,
         "remote_addr4": addr4,
         "remote_addr6": addr6,
         "datacenter": "unknown",
         "tor": "none",
-        "request_time": seconds,
-        "create_time": seconds,
-        "response_len": response_length(transaction["response"]),
-        "response_status": int(transaction["response"]["http_code"]),
+        "request_time": entry.seconds,
+        "create_time": entry.seconds,
+        "response_len": response_length(entry.response_headers),
+        "response_status": entry.status,
         "response_time": 0,
         "stamps": stamps,
         "regex": [],
         "stamps_hash": list_hash(stamps),
         "regex_hash": list_hash([]),
         "type": kind,
-        "block_status": block_status(transaction, matches),
-        "id": [transaction["unique_id"]],
+        "block_status": block_status(entry, matches),
+        "id": [entry.unique_id],
         "object_type": "hit",
     }
 
@@ -369,6 +381,7 @@ class ModSecurityFormat:
         if not self._validator.is_valid(obj):
             raise RejectedLine("invalid_schema", first_schema_error(self._validator, obj), "hit")
         try:
-            return "hit", map_transaction(obj["transaction"])
+            entry = read_entry(obj)
         except InvalidValue as exc:
             raise RejectedLine("invalid_schema", str(exc)[:MAX_DETAIL], "hit") from exc
+        return "hit", None if entry is None else map_entry(entry)
