@@ -32,6 +32,7 @@ CLOSED_SETS = {
     },
     "reason": {"permission", "not_found", "io", "rejected", "expired", "deleted", "disabled"},
     "version": {__version__},
+    "result": {"success", "failure"},
 }
 CODE = re.compile(r"[1-5][0-9][0-9]|timeout|tls|connection")
 
