@@ -124,9 +124,12 @@ def scraped(stack: Stack, process: subprocess.Popen[bytes]) -> bool:
     """Prometheus answers and has scraped the agent at least twice."""
     assert process.poll() is None, "prometheus exited"
     try:
-        samples = stack.query('count_over_time(up{job="tailhook"}[1m])')
+        ready = requests.get(f"{stack.prometheus}/-/ready", timeout=5)
     except requests.ConnectionError:
         return False
+    if ready.status_code != 200:  # still loading its storage: 503 "Service Unavailable"
+        return False
+    samples = stack.query('count_over_time(up{job="tailhook"}[1m])')
     return bool(samples) and float(samples[0]["value"][1]) >= 2
 
 
