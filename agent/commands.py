@@ -112,7 +112,7 @@ def test_webhook(config_path: Path, name: str) -> int:
 
     config = load_config(config_path)
     hook = config.webhooks[_find_webhook(config, name)]
-    body = test_notifications(hook.events, config.console_url)
+    body = test_notifications(config, hook)
     headers = request_headers(hook, new_webhook_id(), body)
     transport = Transport(hook)
     try:

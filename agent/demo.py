@@ -14,7 +14,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,9 @@ from agent.config import (
     WebhookConfig,
 )
 from agent.formats import MappingContext, load_format
+from agent.formats.wallarm import envelope, vulnerability_fields
 from agent.pipeline import decode_line
+from agent.pipeline.routing import form_of
 from agent.service import Agent
 from agent.telemetry import setup_logging
 
@@ -58,25 +59,31 @@ BAD_LINE = b'{"event":"hit","time":"not a time"}'
 TEST_PREFIX = "[Test message] "
 
 
-def test_notifications(event_types: Iterable[str], console_url: str) -> bytes:
-    """One notification of each type in ``event_types``, as a JSON array body.
+def test_notifications(config: Config, hook: WebhookConfig) -> bytes:
+    """One notification of each type ``hook`` takes, in its payload (its ``body``
+    aside: a test is always a JSON array, as Wallarm's are).
 
-    Objects that carry a ``summary`` get it prefixed with ``[Test message]``; the hit
-    object has no summary field (Wallarm's hit has exactly its listed fields), so its
-    ``id`` says it is a test instead.
+    Every summary is prefixed with ``[Test message] ``: with ``payload: wallarm``, each
+    envelope's; with ``classic``, each object's that has one. The classic hit has no
+    summary field (Wallarm's hit has exactly its listed fields), so its ``id`` (in
+    either payload) says it is a test too.
     """
     fmt = load_format("native")
-    ctx = MappingContext(console_url=console_url)
-    wanted = set(event_types)
+    ctx = MappingContext(console_url=config.console_url)
+    form = form_of(config, hook)
     objects: list[dict[str, Any]] = []
     for line in SAMPLE_LINES:
-        kind, notification = fmt.convert(decode_line(line), ctx)
-        if kind not in wanted or notification is None:
+        obj = decode_line(line)
+        kind, notification = fmt.convert(obj, ctx)
+        if kind not in hook.events or notification is None:
             continue
-        if "summary" in notification:
-            notification["summary"] = TEST_PREFIX + notification["summary"]
         if kind == "hit":
             notification["id"] = ["tailhook-test-message"]
+        if form.identity is not None:
+            fields = vulnerability_fields(obj) if kind == "vulnerability" else None
+            notification = envelope(notification, form.identity, fields)
+        if "summary" in notification:
+            notification["summary"] = TEST_PREFIX + notification["summary"]
         objects.append(notification)
     return orjson.dumps(objects)
 

@@ -32,6 +32,7 @@ from agent.httpd import MetricsServer
 from agent.notify import Notifier, StatusLine, Watchdog
 from agent.pipeline import LineProcessor
 from agent.pipeline.rejected import RejectedLog
+from agent.pipeline.routing import routes_of
 from agent.plan import BROKEN, Announcement, Plan, announced_to, plan_reload
 from agent.reload import ConfigWatcher, Reloader, announcement_segment
 from agent.replay import answer_requests
@@ -87,7 +88,7 @@ class Agent:
             config.spool.when_full,
         )
         enabled = [hook for hook in config.webhooks if hook.enabled]
-        self.spool.configure_webhooks({hook.name: hook.events for hook in enabled})
+        self.spool.configure_webhooks(routes_of(config))
         for hook in enabled:
             self._start_sink(hook)
         for source_config in config.sources:
@@ -184,7 +185,7 @@ class Agent:
         self._stop_workers(plan)
         self.config = plan.config
         self.spool.when_full = plan.config.spool.when_full
-        enabled = {hook.name: hook.events for hook in plan.config.webhooks if hook.enabled}
+        enabled = routes_of(plan.config)  # filters, forms and identity as the new config says
         for name, pending in self.spool.configure_webhooks(enabled).items():
             reason = "deleted" if name not in {h.name for h in plan.config.webhooks} else "disabled"
             self.metrics.discarded.labels(webhook=name, reason=reason).inc(pending)

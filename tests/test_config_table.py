@@ -100,7 +100,7 @@ def test_every_dataclass_field_is_filled_by_a_key_and_every_key_fills_one() -> N
         fields = {field.name for field in dataclasses.fields(model)} - {"warnings"}
         assert set(filled) == fields, model.__name__
         seen += 1
-    assert seen == 11  # Config, Metrics, Log, File, Socket, Spool, Webhook, TLS, Batch, ...
+    assert seen == 13  # Config, Metrics, Log, File, Socket, Spool, Webhook, TLS, Batch, ...
 
 
 def defaults(schema: dict[str, Any]) -> dict[str, Any]:
@@ -177,6 +177,14 @@ COMMENTED_OUT = {
     "webhooks[].tls.cert_file",
     "webhooks[].tls.key_file",
     "webhooks[].signing.secrets",
+    "webhooks[].filter",
+    "webhooks[].filter.block_status",
+    "webhooks[].filter.attack_types",
+    "webhooks[].filter.domains",
+    "webhooks[].filter.threats",
+    "wallarm",
+    "wallarm.client_name",
+    "wallarm.cloud",
 }
 
 
@@ -281,48 +289,49 @@ def test_a_yaml_value_json_cannot_hold_is_reported_at_its_path() -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class PayloadWebhookConfig(WebhookConfig):
-    payload: str = "classic"  # the one field a new key needs
+class PriorityWebhookConfig(WebhookConfig):
+    priority: str = "normal"  # the one field a new key needs
 
 
 @dataclasses.dataclass(frozen=True)
-class WallarmConfig:
-    client_name: str | None = None
-    cloud: str | None = None
+class FleetConfig:
+    site: str | None = None
+    region: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class WallarmRootConfig(Config):
-    wallarm: WallarmConfig = WallarmConfig()
+class FleetRootConfig(Config):
+    fleet: FleetConfig = FleetConfig()
 
 
-def cloud_from_console_url(fields: dict[str, Any]) -> dict[str, Any]:
+def region_from_console_url(fields: dict[str, Any]) -> dict[str, Any]:
     """A default depending on another key: the root section's ``finish``."""
-    wallarm = fields.get("wallarm", WallarmConfig())
-    if wallarm.cloud is not None:
+    fleet = fields.get("fleet", FleetConfig())
+    if fleet.region is not None:
         return fields
     url = fields.get("console_url", Config.console_url)
-    cloud = "US" if url.startswith("https://us1.") else "EU"
-    return fields | {"wallarm": dataclasses.replace(wallarm, cloud=cloud)}
+    region = "US" if url.startswith("https://us1.") else "EU"
+    return fields | {"fleet": dataclasses.replace(fleet, region=region)}
 
 
 def extended_table() -> list[Section | Key]:
-    """KEYS with webhooks[].payload and a wallarm section, as the package docstring says."""
+    """KEYS with a hypothetical webhooks[].priority and fleet section, as the package
+    docstring says keys are added."""
     entries: list[Section | Key] = []
     for entry in KEYS:
         if isinstance(entry, Section) and entry.place == "webhooks[]":
-            entry = dataclasses.replace(entry, model=PayloadWebhookConfig)
+            entry = dataclasses.replace(entry, model=PriorityWebhookConfig)
         if isinstance(entry, Section) and entry.place == "":
             entry = dataclasses.replace(
-                entry, model=WallarmRootConfig, finish=cloud_from_console_url
+                entry, model=FleetRootConfig, finish=region_from_console_url
             )
         entries.append(entry)
         if isinstance(entry, Key) and entry.place == "webhooks[].method":
-            entries.append(Key("webhooks[].payload", Enum("classic", "wallarm"), "The body."))
+            entries.append(Key("webhooks[].priority", Enum("normal", "high"), "The queue."))
     entries += [
-        Section("wallarm", WallarmConfig, "The identity payload: wallarm sends."),
-        Key("wallarm.client_name", Text(), "Default: the node's host name."),
-        Key("wallarm.cloud", Enum("US", "EU"), "Default: from console_url."),
+        Section("fleet", FleetConfig, "Where the node runs."),
+        Key("fleet.site", Text(), "Default: none."),
+        Key("fleet.region", Enum("US", "EU"), "Default: from console_url."),
     ]
     return entries
 
@@ -339,20 +348,16 @@ def test_a_new_key_is_a_line_in_the_table_and_a_field_in_the_dataclass() -> None
         return parse_with(table, validators, text, {}, "<t>")
 
     hook = "webhooks: [{name: w, url: 'https://h.example/', events: [hit]%s}]\n"
-    assert parse(hook % "").webhooks[0].payload == "classic"
-    assert parse(hook % ", payload: wallarm").webhooks[0].payload == "wallarm"
-    member = schema["properties"]["webhooks"]["items"]["properties"]["payload"]
-    assert member == {
-        "description": "The body.",
-        "enum": ["classic", "wallarm"],
-        "default": "classic",
-    }
+    assert parse(hook % "").webhooks[0].priority == "normal"
+    assert parse(hook % ", priority: high").webhooks[0].priority == "high"
+    member = schema["properties"]["webhooks"]["items"]["properties"]["priority"]
+    assert member == {"description": "The queue.", "enum": ["normal", "high"], "default": "normal"}
     with pytest.raises(ConfigError) as refused:
-        parse(hook % ", payload: json" + "wallarm: {clowd: US}\n")
+        parse(hook % ", priority: urgent" + "fleet: {sight: x}\n")
     assert [str(p) for p in refused.value.problems] == [
-        "webhooks[0].payload: must be one of classic, wallarm, not 'json'",
-        "wallarm.clowd: unknown key",
+        "webhooks[0].priority: must be one of normal, high, not 'urgent'",
+        "fleet.sight: unknown key",
     ]
-    assert parse("log: {}\n").wallarm == WallarmConfig(None, "EU")
-    us = parse("console_url: https://us1.my.wallarm.com\nwallarm: {client_name: acme}\n")
-    assert us.wallarm == WallarmConfig("acme", "US")
+    assert parse("log: {}\n").fleet == FleetConfig(None, "EU")
+    us = parse("console_url: https://us1.my.wallarm.com\nfleet: {site: acme}\n")
+    assert us.fleet == FleetConfig("acme", "US")

@@ -7,6 +7,7 @@ that used it, and rows in its encoding.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import replace
@@ -58,6 +59,17 @@ SEGMENTS_WITH_TARGET = [
 ]
 # 20305d7 "... stored event offsets": starts in the machine's order; meta, no schema row.
 SEGMENTS_WITH_STARTS = [
+    """CREATE TABLE segments (seq INTEGER PRIMARY KEY AUTOINCREMENT, count INTEGER NOT NULL,
+    types TEXT NOT NULL, body BLOB NOT NULL, created REAL NOT NULL, starts BLOB NOT NULL,
+    target TEXT)""",
+    CHECKPOINTS,
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE cursors (webhook TEXT PRIMARY KEY, position INTEGER NOT NULL)",
+    RANGE_BATCHES,
+]
+
+# 9153520 (layout "2"): starts little-endian, the meta schema row; no views, fields, form.
+LAYOUT_2 = [
     """CREATE TABLE segments (seq INTEGER PRIMARY KEY AUTOINCREMENT, count INTEGER NOT NULL,
     types TEXT NOT NULL, body BLOB NOT NULL, created REAL NOT NULL, starts BLOB NOT NULL,
     target TEXT)""",
@@ -158,11 +170,23 @@ def segments_with_starts(path: Path) -> None:
     db.close()
 
 
+def layout_2(path: Path) -> None:
+    db = create(path, LAYOUT_2)
+    segment_rows(db, starts=True, target=True)
+    if sys.byteorder == "big":  # layout "2" kept them little-endian
+        db.execute("UPDATE segments SET starts = x''")
+    range_batch(db)
+    db.execute("INSERT INTO meta VALUES ('schema', '2')")
+    db.commit()
+    db.close()
+
+
 LAYOUTS: list[Callable[[Path], None]] = [
     rows_per_event,
     segments_first,
     segments_with_target,
     segments_with_starts,
+    layout_2,
 ]
 
 

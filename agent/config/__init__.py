@@ -22,7 +22,7 @@ and the building all walk it:
 
 Adding a key is a line in ``keys`` and a field in ``model``, then ``make schema``
 (a test fails until ``schemas/config.schema.json`` is regenerated, and another until
-``config.example.yaml`` shows the key). For ``webhooks[].payload``::
+``config.example.yaml`` shows the key). ``webhooks[].payload`` was added so::
 
     # keys.py, among the webhooks[] keys:
     Key("webhooks[].payload", Enum("classic", "wallarm"), "classic: the flat objects "
@@ -35,12 +35,15 @@ holds it (``filter: FilterConfig = FilterConfig()``)::
 
     Section("webhooks[].filter", FilterConfig, "Which events it gets; every condition "
             "given must hold."),
-    Key("webhooks[].filter.block_status", EnumSet("blocked", "monitored"), "..."),
+    Key("webhooks[].filter.block_status", EnumSet("blocked", ...), "..."),
     Key("webhooks[].filter.domains", TextList(), "Shell-style globs."),
 
 A check across keys is a function in ``rules`` named in its section's ``rules=``; a
-default that depends on another key (``wallarm.cloud`` from ``console_url``) is the
-section's ``finish``, which gets the converted fields before the dataclass is built.
+default that depends on another key can be the section's ``finish``, which gets the
+converted fields before the dataclass is built. ``wallarm.client_name`` and
+``wallarm.cloud`` stay None when not given instead, and are filled in where they are
+used (``agent.formats.wallarm.identity_of``): the host name is the node's, not the
+file's, and a config then equals another with the same text.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from agent.config.model import (
     BatchConfig,
     Config,
     FileSourceConfig,
+    FilterConfig,
     LogConfig,
     MetricsConfig,
     RetryConfig,
@@ -59,6 +63,7 @@ from agent.config.model import (
     SourceConfig,
     SpoolConfig,
     TLSConfig,
+    WallarmConfig,
     WebhookConfig,
 )
 from agent.config.rules import is_loopback, split_userinfo
@@ -72,6 +77,7 @@ __all__ = [
     "BatchConfig",
     "Config",
     "FileSourceConfig",
+    "FilterConfig",
     "LogConfig",
     "MetricsConfig",
     "RetryConfig",
@@ -80,6 +86,7 @@ __all__ = [
     "SourceConfig",
     "SpoolConfig",
     "TLSConfig",
+    "WallarmConfig",
     "WebhookConfig",
     "is_loopback",
     "load_config",

@@ -32,6 +32,7 @@ from agent.config.model import (
     BatchConfig,
     Config,
     FileSourceConfig,
+    FilterConfig,
     LogConfig,
     MetricsConfig,
     RetryConfig,
@@ -39,10 +40,13 @@ from agent.config.model import (
     SocketSourceConfig,
     SpoolConfig,
     TLSConfig,
+    WallarmConfig,
     WebhookConfig,
 )
 from agent.config.table import Key, Section, Table, compile_table
 from agent.config.units import KIB, MIB
+from agent.formats import ATTACK_TYPES, BLOCK_STATUSES, THREATS
+from agent.formats.wallarm import CLOUDS
 
 #: The smallest ``spool.max_bytes``: below it the spool's WAL and reserve leave no room
 #: (``agent.spool.capacity.MIN_MAX_BYTES``; a test holds the two equal).
@@ -136,6 +140,25 @@ KEYS: tuple[Section | Key, ...] = (
     Key("webhooks[].events", EnumSet(*EVENT_TYPES), "The event types it gets; [] sends "
         "nothing (check-config warns).", required=True),
     Key("webhooks[].enabled", Bool(), "false: nothing is sent, nothing is kept for it."),
+    Key("webhooks[].payload", Enum("classic", "wallarm"), "classic: the flat objects of "
+        "CONTRACT §5; wallarm: each in Wallarm's current envelope (§5a), with the wallarm "
+        "section's client_name and cloud."),
+    Key("webhooks[].body", Enum("json_array", "ndjson"), "json_array: one JSON array "
+        "(application/json); ndjson: one object a line, each ending in a newline "
+        "(application/x-ndjson). A signature covers the body as sent."),
+
+    Section("webhooks[].filter", FilterConfig, "Which of its events it gets, judged when an "
+            "event is accepted (an event it excludes is never kept for it): every condition "
+            "given must hold; one that cannot apply to an event's type does not exclude it, "
+            "so system and scope events always pass."),
+    Key("webhooks[].filter.block_status", EnumSet(*BLOCK_STATUSES, non_empty=True), "Hits "
+        "with one of these block statuses."),
+    Key("webhooks[].filter.attack_types", EnumSet(*ATTACK_TYPES, non_empty=True), "Hits of "
+        "one of these attack types (the hit's type)."),
+    Key("webhooks[].filter.domains", TextList(), "Hits and vulnerabilities whose domain "
+        "matches one of these shell-style globs (*.shop.example.com), ignoring case."),
+    Key("webhooks[].filter.threats", EnumSet(*THREATS, non_empty=True), "Vulnerabilities "
+        "of one of these threat levels."),
 
     Section("webhooks[].batch", BatchConfig, "How events are grouped into one request."),
     Key("webhooks[].batch.max_events", Integer(minimum=1), "Most events in one request."),
@@ -163,6 +186,12 @@ KEYS: tuple[Section | Key, ...] = (
 
     Key("shutdown_timeout", Duration(), "How long SIGTERM waits for in-flight deliveries (a "
         "failing webhook gets at most one more attempt)."),
+
+    Section("wallarm", WallarmConfig, "Who the envelopes of payload: wallarm say they come "
+            "from (details.client_name, details.cloud)."),
+    Key("wallarm.client_name", Text(), "Default: the node's host name."),
+    Key("wallarm.cloud", Enum(*CLOUDS), "Default: US when console_url's host starts with "
+        "us1., else EU."),
 )  # fmt: skip
 
 TABLE: Table = compile_table(KEYS)

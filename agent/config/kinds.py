@@ -111,13 +111,18 @@ class Enum(Kind):
 
 
 class EnumSet(Kind):
-    """A list of some of a few words, each at most once; becomes a frozenset."""
+    """A list of some of a few words, each at most once; becomes a frozenset.
+    ``non_empty``: ``[]`` is refused (a filter that would let nothing through)."""
 
-    def __init__(self, *options: str) -> None:
+    def __init__(self, *options: str, non_empty: bool = False) -> None:
         self.options = options
+        self.non_empty = non_empty
 
     def schema(self) -> Schema:
-        return {"type": "array", "uniqueItems": True, "items": {"enum": list(self.options)}}
+        out: Schema = {"type": "array", "uniqueItems": True}
+        if self.non_empty:
+            out["minItems"] = 1
+        return out | {"items": {"enum": list(self.options)}}
 
     def convert(self, value: Any) -> frozenset[str]:
         return frozenset(value)

@@ -14,6 +14,7 @@ tuple, ``headers`` a tuple of pairs, ``events`` a frozenset, ``state_dir`` a Pat
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,21 @@ class SigningConfig:
 
 
 @dataclass(frozen=True)
+class FilterConfig:
+    """A webhook's ``filter``: None is a condition not given."""
+
+    block_status: frozenset[str] | None = None
+    attack_types: frozenset[str] | None = None
+    domains: tuple[str, ...] | None = None  # shell-style globs
+    threats: frozenset[str] | None = None
+
+    @property
+    def given(self) -> bool:
+        """Whether any condition is given (else every event passes)."""
+        return any(value is not None for value in dataclasses.astuple(self))
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     name: str
     url: str
@@ -94,6 +110,9 @@ class WebhookConfig:
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
     signing: SigningConfig | None = None
+    payload: str = "classic"  # classic | wallarm
+    body: str = "json_array"  # json_array | ndjson
+    filter: FilterConfig = FilterConfig()
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,16 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class WallarmConfig:
+    """The identity ``payload: wallarm`` envelopes carry; None: the default, filled in
+    when used (``agent.formats.wallarm.identity_of``): the node's host name, and ``US``
+    when ``console_url``'s host starts with ``us1.``, else ``EU``."""
+
+    client_name: str | None = None
+    cloud: str | None = None  # EU | US
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     console_url: str = "https://my.wallarm.com"
@@ -124,5 +153,6 @@ class Config:
     spool: SpoolConfig = SpoolConfig()
     webhooks: tuple[WebhookConfig, ...] = ()
     shutdown_timeout: float = 10.0
+    wallarm: WallarmConfig = WallarmConfig()
     # Things worth saying that do not make the config invalid (a webhook with events: []).
     warnings: tuple[str, ...] = ()

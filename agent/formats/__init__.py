@@ -13,6 +13,55 @@ from typing import Any, Protocol
 #: The notification object types (CONTRACT §5), also the ``event_type`` metric label values.
 EVENT_TYPES = ("hit", "vulnerability", "system", "scope")
 
+#: A hit's ``block_status`` and a vulnerability's ``threat``: the enums of their schemas
+#: (``schemas/hit.schema.json``, ``schemas/vulnerability.schema.json``; a test holds them
+#: equal). A webhook's ``filter`` may name only these.
+BLOCK_STATUSES = ("blocked", "monitored", "passed")
+THREATS = ("Low", "Medium", "High")
+
+#: The attack types a filter may name (``webhooks[].filter.attack_types``): Wallarm's
+#: attack codes (its "Attack and vulnerability types" list, attacks only), and those the
+#: ModSecurity format gives that Wallarm has no code for (``protocol``, ``dos``, ``rfi``,
+#: ``session_fixation``; a test holds every type of its tables to this list). A native
+#: hit's ``attack_type`` is any lower-case word, so a newer node's new type is still
+#: delivered; a filter can name it once it is listed here.
+ATTACK_TYPES = (
+    "sqli",
+    "xss",
+    "rce",
+    "ptrav",
+    "crlf",
+    "redir",
+    "nosqli",
+    "ldapi",
+    "xxe",
+    "ssti",
+    "ssi",
+    "ssrf",
+    "mail_injection",
+    "scanner",
+    "dirbust",
+    "brute",
+    "bola",
+    "infoleak",
+    "vpatch",
+    "overlimit_res",
+    "data_bomb",
+    "invalid_xml",
+    "logic_bomb",
+    "mass_assignment",
+    "graphql_attacks",
+    "credential_stuffing",
+    "api_abuse",
+    "account_takeover",
+    "scraping",
+    "security_crawlers",
+    "protocol",
+    "dos",
+    "rfi",
+    "session_fixation",
+)
+
 
 @dataclass(frozen=True)
 class MappingContext:

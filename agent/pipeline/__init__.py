@@ -1,7 +1,10 @@
 """Lines to notifications: decode -> validate -> map, one function per step.
 
 ``LineProcessor.process`` takes the complete lines a source read and returns what the
-spool should keep. Rejected lines are counted by reason and written to the source's
+spool should keep: each notification serialised, with what the webhooks' filters judge
+of it (its ``Facts``: type, block status, attack type, domain, threat, taken from the
+mapped object before it is serialised) and, for a vulnerability, the line fields its
+§5a envelope needs. Rejected lines are counted by reason and written to the source's
 rejected-lines file; nothing a bad line does stops the lines after it.
 """
 
@@ -16,8 +19,10 @@ import orjson
 
 from agent.errors import RejectedLine
 from agent.formats import EventFormat, MappingContext
+from agent.formats.wallarm import vulnerability_fields
 from agent.pipeline.rejected import RejectedLog
 from agent.spool import NewSegment
+from agent.spool.routes import facts_of
 from agent.spool.segments import TYPE_CODES
 from agent.telemetry import Metrics
 
@@ -63,7 +68,7 @@ class LineProcessor:
         """Complete lines (without their ``\\n``) -> the accepted events, encoded."""
         # The hot path: names bound locally, NewSegment.add inlined.
         keep = NewSegment()
-        starts, body, codes = keep.starts, keep.body, keep.codes
+        starts, body, codes, facts = keep.starts, keep.body, keep.codes, keep.facts
         accepted: Counter[str] = Counter()
         rejected_lines: Counter[tuple[str, str]] = Counter()
         convert, ctx, loads, dumps = self.format.convert, self.ctx, orjson.loads, orjson.dumps
@@ -85,10 +90,14 @@ class LineProcessor:
                 self.rejected.write(rejected.reason, rejected.detail, line, len(line))
                 continue
             accepted[event_type] += 1
-            if notification is not None:
-                starts.append(len(body))
-                body += dumps(notification, option=orjson.OPT_APPEND_NEWLINE)
-                codes.append(TYPE_CODES[event_type])
+            if notification is None:
+                continue
+            facts.append(facts_of(event_type, notification))
+            if event_type == "vulnerability":
+                keep.fields[len(codes)] = vulnerability_fields(obj)
+            starts.append(len(body))
+            body += dumps(notification, option=orjson.OPT_APPEND_NEWLINE)
+            codes.append(TYPE_CODES[event_type])
         self._count(accepted, rejected_lines)
         return keep
 

@@ -2,7 +2,9 @@
 
 Each entry: ``time`` (RFC 3339), ``webhook``, ``webhook_id``, ``reason`` (``rejected``
 for a permanent status, ``expired`` past ``retry.max_elapsed``), ``status`` (or null),
-``response`` (the first KiB of the body) and ``events`` (the notification objects).
+``response`` (the first KiB of the body) and ``events`` (the notification objects of §5,
+whatever the webhook's ``payload`` and ``body``: a replay queues them again, and they
+are wrapped and joined anew in the webhook's form when sent).
 
 Files are opened through ``agent.statedir``: never through a symbolic link. Reading
 gives the well-formed entries and, for each torn or invalid line, a problem naming it;
@@ -46,7 +48,7 @@ def write_dead_letter(
     reason: str,
     status: int | None,
     response: bytes,
-    body: bytes,
+    events: bytes,
 ) -> None:
     """Append one batch to the webhook's dead-letter file and fsync it. Raises OSError
     if it cannot be written, leaving no part of the entry behind (the caller keeps the
@@ -58,7 +60,7 @@ def write_dead_letter(
         "reason": reason,
         "status": status,
         "response": response[:1024].decode("utf-8", errors="replace"),
-        "events": orjson.Fragment(body),
+        "events": orjson.Fragment(events),  # a JSON array
     }
     data = orjson.dumps(entry) + b"\n"
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT

@@ -2,7 +2,9 @@
 
 The loop: take the batch in flight from the spool (a restart leaves one there), or form
 a new one within ``max_events``/``max_bytes``/``max_wait`` and record it before its
-first attempt; send it, with the same body and ``webhook-id`` on every attempt, until it
+first attempt (the spool makes its body in the webhook's form: ``payload``, ``body``;
+the ``Content-Type`` follows the form recorded with the batch); send it, with the same
+body and ``webhook-id`` on every attempt, until it
 is delivered, refused for good, or older than ``retry.max_elapsed``; then let the spool
 move this webhook's cursor past it. Each webhook has its own thread, connection and
 cursor, so one slow or dead receiver never holds up another.
@@ -57,12 +59,17 @@ RESPONSE_KEPT_BYTES = 1024
 RESPONSE_LOGGED_CHARS = 200
 
 
-def request_headers(config: WebhookConfig, webhook_id: str, body: bytes) -> dict[str, str]:
+def request_headers(
+    config: WebhookConfig,
+    webhook_id: str,
+    body: bytes,
+    content_type: str = "application/json",
+) -> dict[str, str]:
     """The headers of one attempt: fixed ones, the configured ones, the Standard Webhooks
-    ``webhook-*`` ones (signed, when the webhook has a secret)."""
+    ``webhook-*`` ones (signed over the body as sent, when the webhook has a secret)."""
     timestamp = int(time.time())
     headers = {
-        "Content-Type": "application/json",
+        "Content-Type": content_type,
         "User-Agent": USER_AGENT,
         **dict(config.headers),
         "webhook-id": webhook_id,
@@ -219,7 +226,9 @@ class WebhookSink(Worker):
     def _attempt(
         self, batch: Batch, cut: float | None
     ) -> tuple[int | None, Answer | None, str | None]:
-        headers = request_headers(self.config, batch.webhook_id, batch.body)
+        headers = request_headers(
+            self.config, batch.webhook_id, batch.body, batch.form.content_type
+        )
         started = time.monotonic()
         self.in_flight.set()
         try:
@@ -310,7 +319,7 @@ class WebhookSink(Worker):
                 letter.reason,
                 letter.status,
                 letter.response,
-                batch.body,
+                batch.events,  # the §5 objects, whatever the form sent
             )
         except (OSError, StateError) as exc:  # StateError: a link or a non-file refused
             if not self._letter_failing:

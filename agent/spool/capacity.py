@@ -29,6 +29,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from agent.spool.cursors import PINNED, Change, Ledger
 from agent.spool.segments import position
 
@@ -160,9 +162,10 @@ def drop_oldest(db: sqlite3.Connection, ledger: Ledger, budget: Budget, need: in
     """Delete the oldest segments until ``need`` more pages fit (or nothing more can
     go), and move every cursor past them; inside the caller's transaction.
 
-    An event is dropped when a webhook that was still to deliver it loses it; each is
-    counted once. Events of a webhook's batch in flight are not dropped: that batch is
-    still delivered, rebuilt from its segments, which stay until it is finished.
+    An event is dropped when a webhook that was still to deliver it (of its types, and
+    not excluded by its filter) loses it; each is counted once. Events of a webhook's
+    batch in flight are not dropped: that batch is still delivered, rebuilt from its
+    segments, which stay until it is finished.
     """
     change = Change()
     ranges = {
@@ -174,22 +177,24 @@ def drop_oldest(db: sqlite3.Connection, ledger: Ledger, budget: Budget, need: in
     last = 0
     while not has_room(db, budget, need):
         row = db.execute(
-            f"SELECT seq, types, target, LENGTH(body), {PINNED} FROM segments"
+            f"SELECT seq, types, target, LENGTH(body), {PINNED}, views FROM segments"
             " WHERE seq > ? ORDER BY seq LIMIT 1",
             (last,),
         ).fetchone()
         if row is None:
             break
-        last, types, target, length, pinned = row
+        last, types, target, length, pinned, views = row
+        seen = orjson.loads(views) if views else {}  # filtered webhooks' views
         lost = bytearray(len(types))
         for name, codes in ledger.codes.items():
             if target not in (None, name):
                 continue
             first = max(0, ledger.cursors[name] - position(last, 0))
             start, end = ranges.get(name, (0, 0))
+            view = seen.get(name, types)
             n = 0
             for index in range(first, len(types)):
-                if types[index] in codes and not start <= position(last, index) < end:
+                if view[index] in codes and not start <= position(last, index) < end:
                     lost[index] = 1
                     n += 1
             if n:

@@ -16,7 +16,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+import orjson
+
+from agent.spool.routes import Form
 from agent.spool.segments import (
     CACHED_SEGMENTS,
     CODE_TYPES,
@@ -98,12 +102,16 @@ class Segments:
         if cached is not None:
             return cached
         row = db.execute(
-            "SELECT types, body, starts, created, target FROM segments WHERE seq = ?", (seq,)
+            "SELECT types, body, starts, created, target, views, fields FROM segments"
+            " WHERE seq = ?",
+            (seq,),
         ).fetchone()
         if row is None:
             return None
-        types, body, starts, created, target = row
-        segment = StoredSegment.load(types, bytes(body), bytes(starts), created, target)
+        types, body, starts, created, target, views, fields = row
+        segment = StoredSegment.load(
+            types, bytes(body), bytes(starts), created, target, views, fields
+        )
         if len(self._cache) >= CACHED_SEGMENTS:
             del self._cache[min(self._cache)]
         self._cache[seq] = segment
@@ -125,17 +133,19 @@ class Segments:
         codes: str,
         max_events: int,
         max_bytes: int,
-    ) -> tuple[bytes, int, dict[str, int]]:
-        """The body of the events of types ``codes`` from position ``start``: up to
-        ``end`` when given (rebuilding a recorded batch), else within the limits.
-        Returns the body, the position after the last event looked at, and the count
-        per type."""
-        parts: list[bytes] = []
+        form: Form,
+    ) -> Gathered:
+        """The events ``webhook`` takes (of types ``codes``, its filter's view) from
+        position ``start``: up to ``end`` when given (rebuilding a recorded batch), else
+        within the limits, ``max_bytes`` bounding the body as ``form`` makes it."""
+        stored: list[bytes] = []  # as stored: runs of events joined by newlines
+        made: list[bytes] = []  # as sent, for a form that makes each event anew
         taken = 0
         size = 1  # "[", then each event with the "," or "]" after it
         counts: dict[str, int] = {}
         seq, index = start >> INDEX_BITS, start & INDEX_MASK
         reached = start
+        each = form.payload != "classic"
         while taken < max_events and (end is None or reached < end):
             segment = self.get(db, seq)
             if segment is None:
@@ -143,20 +153,24 @@ class Segments:
             stop = segment.count
             if end is not None and seq == end >> INDEX_BITS:
                 stop = end & INDEX_MASK
+            types = segment.view(webhook)
             runs: list[bytes]
+            limits = (max_events - taken, max_bytes - size, not stored)
             if segment.target is not None and segment.target != webhook:
                 runs, after = [], stop  # another webhook's replay
+            elif each:
+                runs, sent, after = segment.take_each(index, stop, types, codes, *limits, form)
+                made.extend(sent)
+                size += sum(len(one) + 1 for one in sent)
             else:
-                runs, after = segment.take(
-                    index, stop, codes, max_events - taken, max_bytes - size, first=not parts
-                )
+                runs, after = segment.take(index, stop, types, codes, *limits)
+                size += sum(len(run) + 1 for run in runs)
             for code in codes if runs else ():
-                n = segment.types.count(code, index, after)
+                n = types.count(code, index, after)
                 if n:
                     counts[CODE_TYPES[code]] = counts.get(CODE_TYPES[code], 0) + n
                     taken += n
-            parts.extend(runs)
-            size += sum(len(run) + 1 for run in runs)
+            stored.extend(runs)
             if after < segment.count:
                 reached = position(seq, after)
                 if end is None or after < stop or reached >= end:
@@ -164,28 +178,51 @@ class Segments:
             else:
                 reached = position(seq + 1, 0)
             seq, index = seq + 1, 0
-        return b"[" + b",".join(parts) + b"]", reached, counts
+        events = b"[" + b",".join(run.replace(b"\n", b",") for run in stored) + b"]"
+        if form.stored_as_is:
+            body = events
+        elif each:
+            body = form.join(made)
+        else:  # classic objects, one a line: as stored
+            body = b"".join(run + b"\n" for run in stored)
+        return Gathered(body, events, reached, counts)
 
     def read_batch(self, db: sqlite3.Connection, webhook: str) -> Batch | None:
-        """The batch ``webhook`` has in flight, its body rebuilt unless stored."""
+        """The batch ``webhook`` has in flight, its body rebuilt (in the form recorded
+        with it) unless stored."""
         row = db.execute(
             "SELECT webhook_id, start_position, end_position, codes, body, type_counts,"
-            " created, attempts FROM batches WHERE webhook = ?",
+            " created, attempts, form FROM batches WHERE webhook = ?",
             (webhook,),
         ).fetchone()
         if row is None:
             return None
-        webhook_id, start, end, codes, body, counts, created, attempts = row
+        webhook_id, start, end, codes, body, counts, created, attempts, recorded = row
+        form = Form.recorded(recorded)
         if body is None:
-            body, _, _ = self.gather(db, webhook, start, end, codes, 1 << 30, 1 << 62)
-        return Batch(
-            webhook_id, start, end, codes, bytes(body), parse_counts(counts), created, attempts
-        )
+            body, events, _, _ = self.gather(db, webhook, start, end, codes, 1 << 30, 1 << 62, form)
+        else:  # kept by an older layout: a JSON array of the objects as stored
+            body = events = bytes(body)
+        counted = parse_counts(counts)
+        return Batch(webhook_id, start, end, codes, body, counted, created, attempts, form, events)
+
+
+class Gathered(NamedTuple):
+    """Events gathered for a batch: its body as sent, the same events as §5 objects in
+    a JSON array, the position after the last event looked at, the count per type."""
+
+    body: bytes
+    events: bytes
+    reached: int
+    counts: dict[str, int]
 
 
 def record_batch(db: sqlite3.Connection, webhook: str, batch: Batch) -> None:
+    """Record a new batch: its range, types and form; its body is rebuilt from them."""
     db.execute(
-        "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+        "INSERT OR REPLACE INTO batches (webhook, webhook_id, start_position, end_position,"
+        " codes, body, type_counts, created, attempts, form)"
+        " VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
         (
             webhook,
             batch.webhook_id,
@@ -195,6 +232,7 @@ def record_batch(db: sqlite3.Connection, webhook: str, batch: Batch) -> None:
             format_counts(batch.type_counts),
             batch.created,
             batch.attempts,
+            batch.form.record(),
         ),
     )
 
@@ -269,10 +307,12 @@ def count_pending(db: sqlite3.Connection, webhook: str, codes: str, cursor: int)
     """Events of ``webhook``'s types from its cursor on (its batch in flight included)."""
     total = 0
     rows = db.execute(
-        "SELECT seq, types FROM segments WHERE seq >= ? AND COALESCE(target, ?) = ?",
+        "SELECT seq, types, views FROM segments WHERE seq >= ? AND COALESCE(target, ?) = ?",
         (cursor >> INDEX_BITS, webhook, webhook),
     )
-    for seq, types in rows.fetchall():
+    for seq, types, views in rows.fetchall():
+        if views is not None:
+            types = orjson.loads(views).get(webhook, types)
         start = cursor & INDEX_MASK if seq == cursor >> INDEX_BITS else 0
         total += sum(types.count(code, start) for code in codes)
     return total

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from agent.spool.capacity import Budget, drop_oldest, has_room, pages_in_use
 from agent.spool.cursors import Change, Ledger
-from agent.spool.segments import Checkpoint
+from agent.spool.routes import Routing
+from agent.spool.segments import Checkpoint, Kept, NewSegment
 from agent.telemetry import fields
 
 log = logging.getLogger(__name__)
@@ -39,10 +41,59 @@ class Incoming:
     checkpoint: Checkpoint | None
     target: str | None  # only for this webhook (a dead-letter replay)
     created: float
+    views: Mapping[str, str] = field(default_factory=dict)  # filtered webhooks' views
+    views_column: str | None = None  # ``views`` as stored
+    fields_column: str | None = None  # vulnerabilities' line fields, as stored
+    # (webhook, event type) -> events its filter excluded, counted once this is kept
+    excluded: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        source: str,
+        kept: Kept,
+        checkpoint: Checkpoint | None,
+        target: str | None,
+        created: float,
+    ) -> Incoming:
+        views, fields = kept.encoded()
+        return cls(
+            source,
+            kept.types,
+            kept.body,
+            kept.starts,
+            checkpoint,
+            target,
+            created,
+            views=kept.views,
+            views_column=views,
+            fields_column=fields,
+            excluded=kept.excluded,
+        )
+
+    @classmethod
+    def routed(
+        cls,
+        source: str,
+        segment: NewSegment | None,
+        checkpoint: Checkpoint | None,
+        target: str | None,
+        routing: Routing,
+    ) -> Incoming:
+        """What of ``segment`` is kept under ``routing``: for a ``target``, the events of
+        its types; else those some webhook takes, by type and by filter."""
+        if segment is None:
+            kept = Kept("", b"", b"", {}, {})
+        elif target:
+            kept = segment.keeping(routing.codes.get(target, ""))
+        else:
+            kept = segment.keeping(routing.unfiltered_codes, routing.filters)
+        return cls.of(source, kept, checkpoint, target, time.time())
 
     @property
     def record_bytes(self) -> int:
-        return len(self.body) + len(self.types) + len(self.starts) + ROW_OVERHEAD
+        extra = len(self.views_column or "") + len(self.fields_column or "")
+        return len(self.body) + len(self.types) + len(self.starts) + extra + ROW_OVERHEAD
 
 
 def keep(
@@ -68,7 +119,8 @@ def keep(
             return False, change
         for name, codes in ledger.codes.items():
             if incoming.target in (None, name):
-                change.add_backlog(name, sum(incoming.types.count(code) for code in codes))
+                types = incoming.views.get(name, incoming.types)
+                change.add_backlog(name, sum(types.count(code) for code in codes))
     if incoming.checkpoint is not None:
         write_checkpoint(db, incoming.source, incoming.checkpoint, incoming.created)
     return True, change
@@ -82,8 +134,8 @@ def _insert(
     db.execute("SAVEPOINT segment")
     before, _ = pages_in_use(db)
     cursor = db.execute(
-        "INSERT INTO segments (count, types, body, starts, created, target)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO segments (count, types, body, starts, created, target, views, fields)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             len(incoming.types),
             incoming.types,
@@ -91,6 +143,8 @@ def _insert(
             incoming.starts,
             incoming.created,
             incoming.target,
+            incoming.views_column,
+            incoming.fields_column,
         ),
     )
     after, _ = pages_in_use(db)

@@ -10,8 +10,12 @@ apart by their tables:
   then ``starts`` (where each event begins, in the machine's byte order), and its
   batches went from a stored body and an end position to a position range with the body
   rebuilt from it.
-- "2" (current): ``starts`` little-endian (empty: worked out from the body when read),
-  the ``meta`` row.
+- "2": ``starts`` little-endian (empty: worked out from the body when read), the
+  ``meta`` row.
+- "3" (current): segments gain ``views`` (filtered webhooks' views of the types) and
+  ``fields`` (vulnerabilities' line fields), batches ``form`` (how the body is made).
+  All three are NULL for what an older layout kept: no filter, no line fields, the
+  classic JSON array.
 
 ``prepare`` creates a new spool or brings an older one to the current layout, one
 migration step after another (``MIGRATIONS``, from version to function), inside the
@@ -28,7 +32,7 @@ from collections.abc import Callable
 
 from agent.spool.segments import TYPE_CODES, event_starts, offsets_to_bytes, parse_counts, position
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 TABLES = (
     """CREATE TABLE segments (
@@ -38,7 +42,9 @@ TABLES = (
     body BLOB NOT NULL,
     created REAL NOT NULL,
     starts BLOB NOT NULL,  -- where each event begins in body (32-bit little-endian)
-    target TEXT  -- NULL: for every webhook; else only for this one (a dead-letter replay)
+    target TEXT,  -- NULL: for every webhook; else only for this one (a dead-letter replay)
+    views TEXT,  -- JSON {webhook: its view of types, '-' for an event its filter excluded}
+    fields TEXT  -- JSON {event index: a vulnerability's line fields}
 )""",
     """CREATE TABLE checkpoints (
     source TEXT NOT NULL,
@@ -60,8 +66,15 @@ TABLES = (
     body BLOB,  -- NULL: rebuilt from the segments in the range
     type_counts TEXT NOT NULL,
     created REAL NOT NULL,
-    attempts INTEGER NOT NULL
+    attempts INTEGER NOT NULL,
+    form TEXT  -- NULL: the classic JSON array; else JSON: payload, body, identity
 )""",
+)
+
+
+#: The columns of a batch up to layout "2", as the older migrations fill them.
+BATCH_COLUMNS = (
+    "webhook, webhook_id, start_position, end_position, codes, body, type_counts, created, attempts"
 )
 
 
@@ -157,7 +170,7 @@ def _from_rows_per_event(db: sqlite3.Connection) -> str:
     for webhook, webhook_id, last_seq, body, counts, created, attempts in batches:
         start = cursors.get(webhook, after(last_seq))
         db.execute(
-            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 webhook,
                 webhook_id,
@@ -173,7 +186,7 @@ def _from_rows_per_event(db: sqlite3.Connection) -> str:
     return "1"
 
 
-# -- "1" -> "2": the columns and batches of today ----------------------------------------
+# -- "1" -> "2": starts in a fixed byte order, batches by range, meta ---------------------
 
 
 def _to_current_columns(db: sqlite3.Connection) -> str:
@@ -202,12 +215,26 @@ def _batches_with_ranges(db: sqlite3.Connection) -> None:
     db.execute(BATCHES)
     for webhook, webhook_id, start, end, body, counts, created, attempts in old:
         db.execute(
-            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (webhook, webhook_id, start, end, _codes_of(counts), body, counts, created, attempts),
         )
+
+
+# -- "2" -> "3": filters' views, vulnerabilities' line fields, batches' forms -------------
+
+
+def _with_views_and_forms(db: sqlite3.Connection) -> str:
+    segments = _columns(db, "segments")
+    for column in ("views", "fields"):
+        if column not in segments:
+            db.execute(f"ALTER TABLE segments ADD COLUMN {column} TEXT")
+    if "form" not in _columns(db, "batches"):
+        db.execute("ALTER TABLE batches ADD COLUMN form TEXT")
+    return "3"
 
 
 MIGRATIONS: dict[str, Callable[[sqlite3.Connection], str]] = {
     "0": _from_rows_per_event,
     "1": _to_current_columns,
+    "2": _with_views_and_forms,
 }

@@ -12,9 +12,17 @@ What it keeps, all in one database so that one transaction can cover them togeth
 - ``cursors``: per webhook, the position (segment, index) of the next event it has not
   delivered or dead-lettered (``cursors``);
 - ``batches``: per webhook, the batch in flight: its ``webhook-id``, the range of
-  positions it covers and the event types it took, recorded before its first attempt.
-  Its body is rebuilt from that range byte for byte (the same function formed it), so
-  every retry, after a restart too, sends the same bytes under the same id.
+  positions it covers, the event types it took and its ``Form`` (payload, body, and
+  the identity a ``wallarm`` payload carries), recorded before its first attempt. Its
+  body is rebuilt from that range in that form byte for byte (the same function formed
+  it), so every retry, after a restart or a reload too, sends the same bytes under the
+  same id.
+
+Filters (``routes``) are applied when a read is kept (``append``): an event no webhook
+takes, by type or by filter, is not kept at all; an event some filtered webhook
+excludes is marked in that webhook's view of the segment, so it is never in its backlog
+nor sent, and counted in ``tailhook_webhook_events_filtered_total``. Filters and forms
+changed by a reload apply to what is kept, and batches formed, after it.
 
 ``Spool`` is the thin, thread-safe front: each call takes the lock, runs one
 transaction (``database``), and only once it has committed changes the ``Ledger``, the
@@ -33,6 +41,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 from agent.errors import StateError
@@ -41,6 +50,7 @@ from agent.spool.capacity import Budget, has_room
 from agent.spool.cursors import Change, Ledger, Segments
 from agent.spool.database import Database
 from agent.spool.gauges import update_gauges
+from agent.spool.routes import Form, Route, Routing
 from agent.spool.segments import (
     TYPE_CODES,
     Batch,
@@ -84,6 +94,8 @@ class Spool:
         self._db = Database(path, max_bytes)
         self.recovered = self._db.recovered
         self._ledger = Ledger()
+        self._routing = Routing({}, (), "")  # replaced whole by configure_webhooks
+        self._forms: dict[str, Form] = {}
         self._segments = Segments()
         try:
             held, newest = self._db.read(
@@ -112,18 +124,24 @@ class Spool:
 
     # -- webhooks ---------------------------------------------------------------------
 
-    def configure_webhooks(self, subscriptions: Mapping[str, frozenset[str]]) -> dict[str, int]:
-        """Set the enabled webhooks and the event types each takes.
+    def configure_webhooks(
+        self, subscriptions: Mapping[str, frozenset[str] | Route]
+    ) -> dict[str, int]:
+        """Set the enabled webhooks: the event types each takes, or its whole ``Route``
+        (types, filter, form).
 
         A webhook seen for the first time starts after the newest event kept; a webhook
         no longer enabled loses its cursor and batch, and with them its claim on events.
-        A webhook whose types changed keeps its cursor and batch. Returns, for each
-        webhook that lost its cursor, how many events it had not delivered.
+        A webhook whose types, filter or form changed keeps its cursor and batch (the
+        batch keeps its form). Returns, for each webhook that lost its cursor, how many
+        events it had not delivered.
         """
-        codes = {
-            name: "".join(TYPE_CODES[kind] for kind in sorted(kinds))
-            for name, kinds in subscriptions.items()
+        routes = {
+            name: route if isinstance(route, Route) else Route(route)
+            for name, route in subscriptions.items()
         }
+        routing = Routing.of(routes, TYPE_CODES)
+        codes = routing.codes
 
         def configure(db: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int], Change]:
             positions, change = cursors.configure(db, self._ledger, codes)
@@ -141,6 +159,8 @@ class Spool:
             }
             self._ledger.codes, self._ledger.cursors = codes, positions
             self._ledger.backlog = backlog
+            self._routing = routing
+            self._forms = {name: route.form for name, route in routes.items()}
             self._apply(Change(held_bytes=change.held_bytes, deleted=change.deleted))
             self._changed.notify_all()
         return lost
@@ -164,25 +184,33 @@ class Spool:
         nothing, while the spool takes no new events (a full disk); a checkpoint alone
         (no events to keep) is still written then.
         """
-        wanted = (
-            self._ledger.codes.get(target, "") if target else "".join(self._ledger.codes.values())
-        )
-        types, body, starts = segment.keeping(wanted) if segment else ("", b"", b"")
-        incoming = ingest.Incoming(source, types, body, starts, checkpoint, target, time.time())
+        routing = self._routing
+        incoming = ingest.Incoming.routed(source, segment, checkpoint, target, routing)
         drop = self.when_full == "drop_oldest"
         waiting = False
         with self._changed:
             while True:
                 self._check_open()
+                if self._routing is not routing:  # a reload since: its routes apply
+                    routing = self._routing
+                    incoming = ingest.Incoming.routed(source, segment, checkpoint, target, routing)
+                types = incoming.types
                 if types and not drop and not self._room_for(incoming):
                     kept = False
                 else:
                     kept, change = self._db.write(
-                        lambda db: ingest.keep(db, self._ledger, self.budget, drop, incoming),
+                        partial(
+                            ingest.keep,
+                            ledger=self._ledger,
+                            budget=self.budget,
+                            drop=drop,
+                            incoming=incoming,
+                        ),
                         new_events=bool(types),
                     )
                     self._apply(change)
                 if kept:
+                    self._count_filtered(incoming)
                     if types:
                         self._changed.notify_all()
                     return True
@@ -198,6 +226,10 @@ class Spool:
                 self._changed.wait(FULL_WAIT)
                 if self._closed:
                     return False
+
+    def _count_filtered(self, incoming: ingest.Incoming) -> None:
+        for (webhook, event_type), n in incoming.excluded.items():
+            self._metrics.filtered.labels(webhook=webhook, event_type=event_type).inc(n)
 
     def replay(self, webhook: str, segments: Sequence[NewSegment]) -> int:
         """Keep ``segments`` for ``webhook`` alone (a dead-letter replay), in one
@@ -221,10 +253,10 @@ class Spool:
         every_type = "".join(TYPE_CODES.values())
         now = time.time()
         incoming = [
-            ingest.Incoming(source, types, body, starts, None, webhook, now)
+            ingest.Incoming.of(source, kept, None, webhook, now)
             for webhook, segment in items
-            for types, body, starts in [segment.keeping(every_type)]
-            if types
+            for kept in [segment.keeping(every_type)]
+            if kept.types
         ]
 
         def keep_all(db: sqlite3.Connection) -> Change:
@@ -289,16 +321,17 @@ class Spool:
             self._changed.wait(timeout)
 
     def next_batch(self, webhook: str, max_events: int, max_bytes: int) -> Batch | None:
-        """Form and record the next batch: the oldest pending events of the webhook's
-        types, as one JSON array within the limits (one event always fits)."""
+        """Form and record the next batch: the oldest pending events the webhook takes,
+        in its form, the body within the limits (one event always fits)."""
         with self._lock:
             codes = self._ledger.codes.get(webhook)
             if not codes or self._closed:
                 return None
             start = self._ledger.cursors[webhook]
-            body, end, counts = self._db.read(
+            form = self._forms.get(webhook, Form())
+            body, events, end, counts = self._db.read(
                 lambda db: self._segments.gather(
-                    db, webhook, start, None, codes, max_events, max_bytes
+                    db, webhook, start, None, codes, max_events, max_bytes, form
                 )
             )
             if not counts:
@@ -309,7 +342,9 @@ class Spool:
                         )
                     )
                 return None
-            batch = Batch(new_webhook_id(), start, end, codes, body, counts, time.time(), 0)
+            batch = Batch(
+                new_webhook_id(), start, end, codes, body, counts, time.time(), 0, form, events
+            )
             self._db.write(lambda db: cursors.record_batch(db, webhook, batch))
             return batch
 
