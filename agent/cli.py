@@ -65,6 +65,11 @@ batch as stored, one JSON object a line.""",
     "replay": """\
 example:
   tailhook dead-letter replay -c /etc/tailhook/config.yaml soc     # after fixing soc""",
+    "completion": """\
+examples:
+  tailhook completion bash > /usr/share/bash-completion/completions/tailhook
+  tailhook completion zsh > /usr/share/zsh/vendor-completions/_tailhook
+  tailhook completion webhooks -c /etc/tailhook/config.yaml     # the names it completes""",
 }
 
 
@@ -132,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the demo agent (and its metrics) up this long at the end",
     )
     _dead_letter_commands(_command(commands, "dead-letter", "list or replay dead-lettered batches"))
+    completion = _command(commands, "completion", "print a shell completion script", config=True)
+    completion.add_argument(
+        "shell",
+        choices=["bash", "zsh", "webhooks"],
+        help="bash or zsh: the script; webhooks: the config's webhook names, one a line",
+    )
     return parser
 
 
@@ -174,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     config_path = Path(getattr(args, "config", None) or default_config_path())
+    if args.command == "completion":  # first, and without the agent's imports: it is on TAB
+        from agent.completion import print_completion
+
+        return print_completion(args.shell, config_path)
     if args.command == "validate":
         from agent.validate import validate
 

@@ -39,6 +39,7 @@ def test_the_commands_are_all_found() -> None:
         "dead-letter",
         "dead-letter list",
         "dead-letter replay",
+        "completion",
     }
 
 
