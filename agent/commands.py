@@ -8,12 +8,14 @@ import sys
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from agent.config import Config, MetricsConfig, load_config, parse_listen_address
 from agent.errors import ConfigError, DeliveryError, Problem, StateError
 from agent.formats import load_format
+from agent.jsonlines import json_line, quoted
 from agent.replay import replay
 from agent.service import Agent
 from agent.sinks.deadletter import dead_letter_path, read_dead_letters
@@ -22,7 +24,6 @@ from agent.sinks.webhook import request_headers
 from agent.spool import Spool, new_webhook_id
 from agent.statedir import check_state_dir
 from agent.telemetry import Metrics, fields, setup_logging
-from agent.validate import validate
 
 __all__ = [
     "check_config",
@@ -30,7 +31,6 @@ __all__ = [
     "dead_letter_replay",
     "run",
     "test_webhook",
-    "validate",
     "with_environment",
 ]
 
@@ -126,24 +126,60 @@ def test_webhook(config_path: Path, name: str) -> int:
     return 0 if 200 <= answer.status < 300 else 1
 
 
-def dead_letter_list(config_path: Path, webhook: str | None) -> int:
-    """List the dead-lettered batches of one configured webhook, or of each; a torn or
-    invalid line is reported on stderr and skipped."""
+def dead_letter_list(
+    config_path: Path, webhook: str | None, as_json: bool = False, show: str | None = None
+) -> int:
+    """List the dead-lettered batches of one configured webhook, or of each: a line per
+    batch, or (``as_json``) each batch as stored, one JSON object a line; ``show``: only
+    the batch with that id, with its answer and its events (exit 1 if there is none).
+    A torn or invalid line is reported on stderr and skipped. When there is nothing to
+    list, it says so: on stdout, or with ``as_json`` on stderr (stdout stays JSON)."""
     config = load_config(config_path)
-    names = [webhook] if webhook else [hook.name for hook in config.webhooks]
     if webhook:
         _find_webhook(config, webhook)
+    names = [webhook] if webhook else [hook.name for hook in config.webhooks]
+    listed = 0
     for name in names:
         letters = read_dead_letters(config.state_dir, name)
         for problem in letters.problems:
             print(f"{letters.path}: {problem}", file=sys.stderr)
         for _, entry in letters.entries:
-            print(
-                f"{entry.get('time')}  {entry.get('webhook')}  {entry.get('webhook_id')}  "
-                f"{entry.get('reason')}  status={entry.get('status')}"
-                f"  events={len(entry['events'])}"
-            )
+            if show is None or entry.get("webhook_id") == show:
+                listed += 1
+                _print_letter(entry, as_json=as_json, whole=show is not None)
+    if listed:
+        return 0
+    if show is not None:
+        where = f"for {webhook}" if webhook else "for any webhook"
+        print(f"tailhook: no dead-lettered batch {show} {where}", file=sys.stderr)
+        return 1
+    print(
+        f"no dead-lettered batches for {webhook or 'any webhook'}",
+        file=sys.stderr if as_json else sys.stdout,
+    )
     return 0
+
+
+def _print_letter(entry: dict[str, Any], *, as_json: bool, whole: bool) -> None:
+    """One dead-lettered batch: as stored (``as_json``), a summary line, and with
+    ``whole`` its answer (a quoted JSON string: it is what a receiver sent) and events."""
+    if as_json:
+        sys.stdout.buffer.write(json_line(entry))  # stdout holds nothing else
+        return
+    events = entry["events"]
+    print(
+        f"{entry.get('time')}  {entry.get('webhook')}  {entry.get('webhook_id')}  "
+        f"{entry.get('reason')}  status={entry.get('status')}  events={len(events)}"
+    )
+    if not whole:
+        return
+    response = entry.get("response")
+    print(f"response: {quoted(response) if isinstance(response, str) else response}")
+    print(f"events ({len(events)}, one JSON object a line):")
+    sys.stdout.flush()
+    for event in events:
+        sys.stdout.buffer.write(json_line(event))
+    sys.stdout.buffer.flush()
 
 
 def dead_letter_replay(config_path: Path, webhook: str) -> int:

@@ -7,7 +7,6 @@ selector and port."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path

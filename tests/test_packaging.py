@@ -165,3 +165,12 @@ def test_validate_a_native_hit_line(installed: Installed) -> None:
     sample.write_text(hit + "\n", encoding="utf-8")
     result = installed.run(installed.bin("tailhook"), "validate", str(sample))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("shell", "name"), [("bash", "tailhook.bash"), ("zsh", "_tailhook")])
+def test_completion_scripts_travel_in_the_wheel(
+    installed: Installed, shell: str, name: str
+) -> None:
+    result = installed.run(installed.bin("tailhook"), "completion", shell)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (REPO / "agent" / "completions" / name).read_text("utf-8")
