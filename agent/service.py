@@ -141,7 +141,7 @@ class Agent:
         """Build and start one source; a path it cannot use is a ``ConfigError`` at
         ``sources[N].path``."""
         assert self.spool is not None
-        config = self.config
+        spool, config = self.spool, self.config
         tails_files = isinstance(source_config, FileSourceConfig)
         self.metrics.declare_source(source_config.name, tails_files)
         processor = LineProcessor(
@@ -150,6 +150,7 @@ class Agent:
             MappingContext(console_url=config.console_url),
             self.metrics,
             RejectedLog(config.state_dir, source_config.name),
+            filtering=lambda: spool.filtering,
         )
         source: Source
         if isinstance(source_config, FileSourceConfig):

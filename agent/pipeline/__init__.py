@@ -3,16 +3,17 @@
 ``LineProcessor.process`` takes the complete lines a source read and returns what the
 spool should keep: each notification serialised, with what the webhooks' filters judge
 of it (its ``Facts``: type, block status, attack type, domain, threat, taken from the
-mapped object before it is serialised) and, for a vulnerability, the line fields its
-§5a envelope needs. Rejected lines are counted by reason and written to the source's
-rejected-lines file; nothing a bad line does stops the lines after it.
+mapped object before it is serialised, while some webhook has a filter) and, for a
+vulnerability, the line fields its §5a envelope needs. Rejected lines are counted by
+reason and written to the source's rejected-lines file; nothing a bad line does stops
+the lines after it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -57,18 +58,23 @@ class LineProcessor:
         ctx: MappingContext,
         metrics: Metrics,
         rejected: RejectedLog,
+        filtering: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``filtering``: whether some webhook has a filter now (``Spool.filtering``);
+        without one, no event's facts are taken (they would judge nothing)."""
         self.source = source
         self.format = fmt
         self.ctx = ctx
         self.metrics = metrics
         self.rejected = rejected
+        self.filtering = filtering
 
     def process(self, lines: Iterable[bytes]) -> NewSegment:
         """Complete lines (without their ``\\n``) -> the accepted events, encoded."""
         # The hot path: names bound locally, NewSegment.add inlined.
         keep = NewSegment()
         starts, body, codes, facts = keep.starts, keep.body, keep.codes, keep.facts
+        judged = self.filtering()
         accepted: Counter[str] = Counter()
         rejected_lines: Counter[tuple[str, str]] = Counter()
         convert, ctx, loads, dumps = self.format.convert, self.ctx, orjson.loads, orjson.dumps
@@ -92,7 +98,7 @@ class LineProcessor:
             accepted[event_type] += 1
             if notification is None:
                 continue
-            facts.append(facts_of(event_type, notification))
+            facts.append(facts_of(event_type, notification) if judged else None)
             if event_type == "vulnerability":
                 keep.fields[len(codes)] = vulnerability_fields(obj)
             starts.append(len(body))

@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent.spool.capacity import Budget, drop_oldest, has_room, pages_in_use
-from agent.spool.cursors import Change, Ledger
+from agent.spool.cursors import Change, Ledger, newest_seq
 from agent.spool.routes import Routing
-from agent.spool.segments import Checkpoint, Kept, NewSegment
+from agent.spool.segments import Checkpoint, Kept, NewSegment, position
 from agent.telemetry import fields
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,32 @@ def keep(
     if incoming.checkpoint is not None:
         write_checkpoint(db, incoming.source, incoming.checkpoint, incoming.created)
     return True, change
+
+
+class NoRoom(Exception):
+    """Targeted segments do not fit the spool: their transaction is rolled back."""
+
+
+def keep_targeted(
+    db: sqlite3.Connection,
+    ledger: Ledger,
+    budget: Budget,
+    incoming: Sequence[Incoming],
+    add_cursor: bool,
+) -> Change:
+    """Keep every targeted segment (a replay, an announcement) inside the caller's
+    transaction, or raise NoRoom; with ``add_cursor``, a target without a cursor gets
+    one at the first of them, so its next start does not skip them."""
+    change = Change()
+    first = newest_seq(db) + 1
+    for one in incoming:
+        kept, step = keep(db, ledger.after(change), budget, False, one)
+        if not kept:
+            raise NoRoom
+        change.merge(step)
+    for webhook in {one.target for one in incoming} if add_cursor else ():
+        db.execute("INSERT OR IGNORE INTO cursors VALUES (?, ?)", (webhook, position(first, 0)))
+    return change
 
 
 def _insert(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -180,16 +180,25 @@ class Route:
 
 @dataclass(frozen=True)
 class Routing:
-    """The routes of every enabled webhook, compiled for accepting events: ``codes``
-    per webhook (type letters), the filtered webhooks, and the type letters some
-    unfiltered webhook takes (an event of those is kept whatever the filters say)."""
+    """The routes of every enabled webhook, compiled for accepting events and forming
+    batches: ``codes`` per webhook (type letters), the filtered webhooks, the type
+    letters some unfiltered webhook takes (an event of those is kept whatever the
+    filters say), and each webhook's form."""
 
     codes: dict[str, str]
     filters: tuple[tuple[str, str, EventFilter], ...]
     unfiltered_codes: str
+    forms: dict[str, Form]
 
     @classmethod
-    def of(cls, routes: dict[str, Route], type_codes: dict[str, str]) -> Routing:
+    def of(
+        cls, subscriptions: Mapping[str, frozenset[str] | Route], type_codes: dict[str, str]
+    ) -> Routing:
+        """From each webhook's route, or only the event types it takes."""
+        routes = {
+            name: route if isinstance(route, Route) else Route(route)
+            for name, route in subscriptions.items()
+        }
         codes = {
             name: "".join(type_codes[kind] for kind in sorted(route.events))
             for name, route in routes.items()
@@ -201,4 +210,5 @@ class Routing:
         )
         filtered = {name for name, _, _ in filters}
         unfiltered = {code for name in codes if name not in filtered for code in codes[name]}
-        return cls(codes, filters, "".join(sorted(unfiltered)))
+        forms = {name: route.form for name, route in routes.items()}
+        return cls(codes, filters, "".join(sorted(unfiltered)), forms)

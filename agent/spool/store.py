@@ -57,7 +57,6 @@ from agent.spool.segments import (
     Checkpoint,
     NewSegment,
     new_webhook_id,
-    position,
 )
 from agent.telemetry import Metrics, fields
 from agent.worker import heartbeat
@@ -68,10 +67,6 @@ log = logging.getLogger(__name__)
 
 #: How often a source waiting for room looks again (a delivery also wakes it).
 FULL_WAIT = 0.5
-
-
-class _NoRoom(Exception):
-    """A replay does not fit the spool: its transaction is rolled back."""
 
 
 class Spool:
@@ -94,8 +89,7 @@ class Spool:
         self._db = Database(path, max_bytes)
         self.recovered = self._db.recovered
         self._ledger = Ledger()
-        self._routing = Routing({}, (), "")  # replaced whole by configure_webhooks
-        self._forms: dict[str, Form] = {}
+        self._routing = Routing({}, (), "", {})  # replaced whole by configure_webhooks
         self._segments = Segments()
         try:
             held, newest = self._db.read(
@@ -119,6 +113,11 @@ class Spool:
         return self._db.problem
 
     @property
+    def filtering(self) -> bool:
+        """Whether some enabled webhook has a filter (the pipeline takes events' facts)."""
+        return bool(self._routing.filters)
+
+    @property
     def budget(self) -> Budget:
         return self._db.budget
 
@@ -136,11 +135,7 @@ class Spool:
         batch keeps its form). Returns, for each webhook that lost its cursor, how many
         events it had not delivered.
         """
-        routes = {
-            name: route if isinstance(route, Route) else Route(route)
-            for name, route in subscriptions.items()
-        }
-        routing = Routing.of(routes, TYPE_CODES)
+        routing = Routing.of(subscriptions, TYPE_CODES)
         codes = routing.codes
 
         def configure(db: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int], Change]:
@@ -160,7 +155,6 @@ class Spool:
             self._ledger.codes, self._ledger.cursors = codes, positions
             self._ledger.backlog = backlog
             self._routing = routing
-            self._forms = {name: route.form for name, route in routes.items()}
             self._apply(Change(held_bytes=change.held_bytes, deleted=change.deleted))
             self._changed.notify_all()
         return lost
@@ -198,15 +192,9 @@ class Spool:
                 if types and not drop and not self._room_for(incoming):
                     kept = False
                 else:
+                    keep = partial(ingest.keep, ledger=self._ledger, budget=self.budget)
                     kept, change = self._db.write(
-                        partial(
-                            ingest.keep,
-                            ledger=self._ledger,
-                            budget=self.budget,
-                            drop=drop,
-                            incoming=incoming,
-                        ),
-                        new_events=bool(types),
+                        partial(keep, drop=drop, incoming=incoming), new_events=bool(types)
                     )
                     self._apply(change)
                 if kept:
@@ -258,26 +246,19 @@ class Spool:
             for kept in [segment.keeping(every_type)]
             if kept.types
         ]
-
-        def keep_all(db: sqlite3.Connection) -> Change:
-            change = Change()
-            first = cursors.newest_seq(db) + 1
-            for one in incoming:
-                kept, step = ingest.keep(db, self._ledger.after(change), self.budget, False, one)
-                if not kept:
-                    raise _NoRoom
-                change.merge(step)
-            for webhook in {one.target for one in incoming} if add_cursor else ():
-                db.execute(
-                    "INSERT OR IGNORE INTO cursors VALUES (?, ?)", (webhook, position(first, 0))
-                )
-            return change
+        keep_all = partial(
+            ingest.keep_targeted,
+            ledger=self._ledger,
+            budget=self.budget,
+            incoming=incoming,
+            add_cursor=add_cursor,
+        )
 
         with self._changed:
             self._check_open()
             try:
                 change = self._db.write(keep_all, new_events=bool(incoming))
-            except _NoRoom:
+            except ingest.NoRoom:
                 raise StateError(
                     f"the spool has no room for {len(incoming)} segments ({source});"
                     " nothing of them was kept"
@@ -328,7 +309,7 @@ class Spool:
             if not codes or self._closed:
                 return None
             start = self._ledger.cursors[webhook]
-            form = self._forms.get(webhook, Form())
+            form = self._routing.forms.get(webhook, Form())
             body, events, end, counts = self._db.read(
                 lambda db: self._segments.gather(
                     db, webhook, start, None, codes, max_events, max_bytes, form
