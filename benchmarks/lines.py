@@ -88,7 +88,8 @@ def client_address(n: int, rng: random.Random) -> str:
         return f"::ffff:203.0.{rng.randrange(256)}.{rng.randrange(1, 255)}"
     if n % 8 == 3:
         return f"2001:db8:{rng.randrange(65536):x}:{rng.randrange(65536):x}::{n % 65536:x}"
-    return f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+    octets = (rng.randrange(1, 224), rng.randrange(256), rng.randrange(256), rng.randrange(1, 255))
+    return ".".join(map(str, octets))
 
 
 def realistic_hit_line(n: int, rng: random.Random) -> bytes:
