@@ -5,7 +5,8 @@ path they name (a link, or a backticked ``deploy/...``, ``schemas/...``,
 ``config.example.yaml`` ...) exists and every ``#anchor`` names a heading; the README's
 "Metrics and health" lists every metric ``agent/telemetry.py`` declares; CONTRIBUTING.md
 gives the test command and names every package ``.ci/run`` installs and every test
-extra of ``pyproject.toml``.
+extra of ``pyproject.toml``. The example config, the deployment files and the test
+data's READMEs point at nothing outside the repository either.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from agent.telemetry import Metrics
 REPO = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "CONTRIBUTING.md")
 # What points outside the repository: a parent directory, this machine's work tree, the
-# contract document the project was built against, or a citation of its sections.
-OUTSIDE = re.compile(r"\.\./|/work/|CONTRACT|§")
+# project's shared directory beside it, the contract document the project was built
+# against, or a citation of its sections.
+OUTSIDE = re.compile(r"\.\./|/work/|(?<![\w/])shared/|CONTRACT|§")
 # A repository path: a top-level directory of the repository and what follows it, or a
 # file at its root.
 REPO_DIRS = ("agent", "benchmarks", "deploy", "schemas", "systemd", "tests", ".ci")
@@ -91,10 +93,28 @@ def test_points_at_nothing_outside_the_repository(name: str) -> None:
     assert outside_pointers(text(name)) == []
 
 
+# What else an operator or a contributor reads: the example config, the deployment
+# files, the test data's READMEs.
+OTHER_DOCS = sorted(
+    str(path.relative_to(REPO))
+    for pattern in ("config.example.yaml", "deploy/**/*", "tests/data/**/README.md")
+    for path in REPO.glob(pattern)
+    if path.is_file()
+)
+
+
+@pytest.mark.parametrize("name", OTHER_DOCS)
+def test_nor_does_what_else_is_read(name: str) -> None:
+    assert outside_pointers(text(name)) == []
+
+
 def test_outside_pointers_are_found() -> None:
     """The check above can fail: each kind of pointer it looks for is caught."""
-    doc = "the contract is `../shared/CONTRACT.md`\nas in §5\n/work/main/x\nfine line\n"
-    assert len(outside_pointers(doc)) == 3
+    doc = (
+        "the contract is `../shared/CONTRACT.md`\nas in §5\n/work/main/x\n"
+        "copies of `shared/samples/`\nfine line, shared out, `/usr/share/x`\n"
+    )
+    assert len(outside_pointers(doc)) == 4
 
 
 @pytest.mark.parametrize("name", DOCS)
