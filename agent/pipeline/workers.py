@@ -16,16 +16,18 @@ failure half-way has applied nothing. A worker that dies (killed, out of memory)
 the pool: the whole read is converted again in the source's thread, the failure is
 logged and counted in ``tailhook_pipeline_worker_failures_total``, and a new pool is
 started at the next burst. A crash of the agent loses nothing either: nothing of a
-read is kept before all of it is converted, and workers end with the agent (their
-parent, the fork server, exits when the agent does; they have ``PR_SET_PDEATHSIG``).
+read is kept before all of it is converted, and a worker ends at once when the agent
+does, however it ends (it waits on the agent's pidfd); the fork server follows.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
+import os
+import select
 import signal
+import threading
 from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 
 #: A read at least this large is a burst, converted by the workers.
 BURST_BYTES = 256 * 1024
-PR_SET_PDEATHSIG = 1
 
 #: (reason, detail, line, length): one rejected line, as ``RejectedLog.write`` takes it.
 Rejection = tuple[str, str, bytes, int]
@@ -110,13 +111,23 @@ _formats: dict[str, EventFormat] = {}
 _metrics: list[Metrics] = []
 
 
-def _start_worker() -> None:
-    """A worker ends with its parent (the fork server, which ends with the agent) and
-    leaves SIGTERM and SIGINT to the agent, which stops it when it stops."""
+def _start_worker(agent: int) -> None:
+    """A worker leaves SIGTERM and SIGINT to the agent, which stops it when it stops,
+    and ends as soon as the agent has ended, killed or not: its parent is the fork
+    server, and nothing it reads ever sees the agent go."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    threading.Thread(target=_end_with, args=(agent,), name="agent-watch", daemon=True).start()
+
+
+def _end_with(agent: int) -> None:
+    """Wait for the process ``agent`` to end, then end this one."""
+    try:
+        pidfd = os.pidfd_open(agent)
+    except ProcessLookupError:
+        os._exit(0)
+    select.select([pidfd], [], [])  # readable once the process has ended
+    os._exit(0)
 
 
 def convert_run(recipe: Recipe, judged: bool, run: bytes) -> Converted:
@@ -169,6 +180,7 @@ class BurstConverter:
         self.workers = workers
         self.recipe = Recipe(processor.source, processor.format.name, processor.ctx)
         self._pool: ProcessPoolExecutor | None = None
+        self.bursts = 0  # reads converted by the workers
         self._failures = processor.metrics.worker_failures.labels(source=processor.source)
 
     def convert(self, lines: list[bytes], size: int) -> NewSegment:
@@ -176,10 +188,18 @@ class BurstConverter:
         if self.workers < 2 or size < BURST_BYTES or len(lines) < self.workers:
             return self.processor.process(lines)
         try:
-            return self._in_workers(lines)
+            segment = self._in_workers(lines)
         except (BrokenProcessPool, OSError) as exc:
             self._failed(exc)
             return self.processor.process(lines)
+        self.bursts += 1
+        return segment
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (none before the first burst)."""
+        pool = self._pool
+        processes = getattr(pool, "_processes", None) or {}
+        return sorted(processes)
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -222,7 +242,10 @@ class BurstConverter:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["agent.pipeline.workers"])
         self._pool = ProcessPoolExecutor(
-            self.workers - 1, mp_context=context, initializer=_start_worker
+            self.workers - 1,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(os.getpid(),),
         )
         return self._pool
 
