@@ -33,6 +33,8 @@ BAD_LINES = {
     4002: b"",
     5555: b"\xff\xfe not utf-8",
 }
+#: Lines of every event type (a vulnerability keeps line fields by its event index).
+OTHER_TYPES = (Path(__file__).parent / "data" / "native" / "detections.jsonl").read_bytes()
 
 
 def burst_file(path: Path, count: int, bad: dict[int, bytes]) -> None:
@@ -67,11 +69,13 @@ def read_whole_file(state: Path, log: Path, workers: int) -> tuple[FileSource, M
     return source, metrics
 
 
-def spool_contents(state: Path) -> tuple[list[tuple[str, bytes, bytes]], list[tuple[str, int]]]:
-    """Every segment (types, body, starts) in order, and every checkpoint."""
+def spool_contents(state: Path) -> tuple[list[tuple[object, ...]], list[tuple[str, int]]]:
+    """Every segment (types, body, starts, views, fields) in order, and every checkpoint."""
     db = sqlite3.connect(state / "spool.db")
     try:
-        segments = db.execute("SELECT types, body, starts FROM segments ORDER BY seq").fetchall()
+        segments = db.execute(
+            "SELECT types, body, starts, views, fields FROM segments ORDER BY seq"
+        ).fetchall()
         checkpoints = db.execute(
             "SELECT key, offset FROM checkpoints ORDER BY source, key"
         ).fetchall()
@@ -108,7 +112,9 @@ def test_runs_cut_a_read_in_order_and_lose_no_line() -> None:
 
 def test_a_burst_in_workers_keeps_what_one_thread_keeps(tmp_path: Path) -> None:
     log = tmp_path / "detections.log"
-    burst_file(log, 8000, BAD_LINES)
+    others = OTHER_TYPES.splitlines()
+    mixed = {n: others[n % len(others)] for n in range(301, 8000, 997)}
+    burst_file(log, 8000, {**mixed, **BAD_LINES})
     assert log.stat().st_size > 2 * BURST_BYTES
     alone, alone_metrics = read_whole_file(tmp_path / "one", log, workers=1)
     shared, shared_metrics = read_whole_file(tmp_path / "two", log, workers=2)
@@ -116,7 +122,9 @@ def test_a_burst_in_workers_keeps_what_one_thread_keeps(tmp_path: Path) -> None:
     assert alone.converter.bursts == 0
     assert shared.converter.bursts >= 2  # the reads were bursts, converted in two processes
     segments, checkpoints = spool_contents(tmp_path / "one")
-    assert sum(len(types) for types, _, _ in segments) == 8000 - len(BAD_LINES)
+    assert sum(len(str(types)) for types, *_ in segments) == 8000 - len(BAD_LINES)
+    assert sum(str(types).count("v") for types, *_ in segments) >= 2
+    assert sum(fields is not None for *_, fields in segments) >= 2
     assert checkpoints[-1][1] == log.stat().st_size
     assert spool_contents(tmp_path / "two") == (segments, checkpoints)
     assert rejected_entries(tmp_path / "two") == rejected_entries(tmp_path / "one")
