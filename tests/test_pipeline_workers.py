@@ -167,16 +167,20 @@ def test_a_dead_worker_is_counted_and_its_burst_converted_in_the_thread(tmp_path
         assert workers
         for pid in workers:  # the pool's own processes, started by this test
             os.kill(pid, signal.SIGKILL)
-        append_hits(log, 3000, 6000)
+        append_hits(log, 3000, 9000)
         assert source._read_all()  # the next burst finds the pool broken
         assert failures() == 1
         assert source.converter.bursts == 1  # ... and was converted in the thread
+        assert source._read_all()  # so is the next, within a minute of the failure
+        assert source.converter.bursts == 1
+        assert not source.converter.worker_pids()
+        source.converter.retry_seconds = 0.0  # the minute has passed
         for _ in range(100):  # the next bursts: a new pool takes them
             if not source._read_all():
                 break
         assert source.converter.bursts > 1
         assert failures() == 1
-        assert spool.backlog("soc") == 6000
+        assert spool.backlog("soc") == 9000
     finally:
         for tailed in source.files.values():
             os.close(tailed.fd)

@@ -15,7 +15,7 @@ rejected-lines file and the spool see one read exactly as one thread would, and 
 failure half-way has applied nothing. A worker that dies (killed, out of memory) breaks
 the pool: the whole read is converted again in the source's thread, the failure is
 logged and counted in ``tailhook_pipeline_worker_failures_total``, and a new pool is
-started at the next burst. A crash of the agent loses nothing either: nothing of a
+started at the first burst a minute later. A crash of the agent loses nothing either: nothing of a
 read is kept before all of it is converted, and a worker ends at once when the agent
 does, however it ends (it waits on the agent's pidfd); the fork server follows.
 """
@@ -28,6 +28,7 @@ import os
 import select
 import signal
 import threading
+import time
 from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: A read at least this large is a burst, converted by the workers.
 BURST_BYTES = 256 * 1024
+#: After a worker failed, bursts are converted in the source's thread this long, so a
+#: pool that cannot work here costs one error a minute, not one per burst.
+RETRY_SECONDS = 60.0
 
 #: (reason, detail, line, length): one rejected line, as ``RejectedLog.write`` takes it.
 Rejection = tuple[str, str, bytes, int]
@@ -181,11 +185,16 @@ class BurstConverter:
         self.recipe = Recipe(processor.source, processor.format.name, processor.ctx)
         self._pool: ProcessPoolExecutor | None = None
         self.bursts = 0  # reads converted by the workers
+        self.retry_seconds = RETRY_SECONDS
+        self._failed_at: float | None = None
         self._failures = processor.metrics.worker_failures.labels(source=processor.source)
 
     def convert(self, lines: list[bytes], size: int) -> NewSegment:
         """The events of one read of ``size`` bytes, in order."""
         if self.workers < 2 or size < BURST_BYTES or len(lines) < self.workers:
+            return self.processor.process(lines)
+        failed_at = self._failed_at
+        if failed_at is not None and time.monotonic() - failed_at < self.retry_seconds:
             return self.processor.process(lines)
         try:
             segment = self._in_workers(lines)
@@ -252,10 +261,11 @@ class BurstConverter:
     def _failed(self, exc: BaseException) -> None:
         log.error(
             "A conversion worker failed; the read is converted in the source's thread, and"
-            " a new pool started at the next burst",
+            " so are bursts for a minute, then a new pool is started",
             extra=fields(source=self.processor.source, error=str(exc) or type(exc).__name__),
         )
         self._failures.inc()
+        self._failed_at = time.monotonic()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
