@@ -189,6 +189,37 @@ def test_a_dead_worker_is_counted_and_its_burst_converted_in_the_thread(tmp_path
         spool.close()
 
 
+def test_small_reads_never_start_workers(tmp_path: Path) -> None:
+    """The steady state (a file growing a few lines at a time) pays nothing for them."""
+    log = tmp_path / "detections.log"
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    metrics = Metrics(CollectorRegistry())
+    spool = Spool(state / "spool.db", metrics)
+    spool.configure_webhooks({"soc": frozenset({"hit"})})
+    processor = LineProcessor(
+        "waf", load_format("native"), MappingContext(), metrics, RejectedLog(state, "waf")
+    )
+    config = FileSourceConfig(name="waf", paths=(str(log),), workers=4)
+    append_hits(log, 0, 10)
+    source = FileSource(config, spool, processor, metrics)
+    source._open_initial()
+    try:
+        for start in range(10, 500, 70):
+            assert source._read_all()
+            append_hits(log, start, start + 70)
+        assert source._read_all()
+        assert spool.backlog("soc") == 500
+        assert source.converter.bursts == 0
+        assert not source.converter.worker_pids()
+    finally:
+        for tailed in source.files.values():
+            os.close(tailed.fd)
+        source.files.clear()
+        source.converter.close()
+        spool.close()
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below ``pid`` now."""
     children: dict[int, list[int]] = {}
