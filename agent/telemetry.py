@@ -120,6 +120,13 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.worker_failures = Counter(
+            "tailhook_pipeline_worker_failures_total",
+            "Bursts a file source's conversion workers failed on (a worker died): each was"
+            " converted again in the source's own thread.",
+            ["source"],
+            registry=r,
+        )
         self.metrics_connections_refused = Counter(
             "tailhook_metrics_connections_refused_total",
             "Connections to the metrics listener closed at once: all its slots were busy.",
@@ -235,6 +242,7 @@ class Metrics:
             self.file_truncations.labels(source=source)
             self.file_lag.labels(source=source)
             self.source_files.labels(source=source)
+            self.worker_failures.labels(source=source)
         else:
             self.socket_connections.labels(source=source)
             self.socket_connections_refused.labels(source=source)

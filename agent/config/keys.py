@@ -88,6 +88,9 @@ KEYS: tuple[Section | Key, ...] = (
         "after it stopped growing."),
     Key("sources[file].watch", Enum("auto", "inotify", "poll"), "How changes are noticed: "
         "auto is inotify, else polling."),
+    Key("sources[file].workers", Integer(minimum=1), "Processes that convert a burst (a "
+        "read of 256KiB or more: a backlog, a big file at start), the agent's own included; "
+        "1: the source's thread alone."),
 
     Section("sources[unix_socket]", SocketSourceConfig, "A UNIX socket the node writes to; "
             "its directory is created if missing, a stale socket file replaced."),

@@ -32,6 +32,7 @@ class FileSourceConfig:
     max_line_bytes: int = 1 * MIB
     rotate_wait: float = 5.0
     watch: str = "auto"  # auto | inotify | poll
+    workers: int = 1  # processes converting a burst (agent.pipeline.workers)
     type: str = "file"
 
 

@@ -21,7 +21,7 @@ import orjson
 from agent.errors import RejectedLine
 from agent.formats import EventFormat, MappingContext
 from agent.formats.wallarm import vulnerability_fields
-from agent.pipeline.rejected import RejectedLog
+from agent.pipeline.rejected import RejectedLines
 from agent.spool import NewSegment
 from agent.spool.routes import facts_of
 from agent.spool.segments import TYPE_CODES
@@ -57,7 +57,7 @@ class LineProcessor:
         fmt: EventFormat,
         ctx: MappingContext,
         metrics: Metrics,
-        rejected: RejectedLog,
+        rejected: RejectedLines,
         filtering: Callable[[], bool] = lambda: True,
     ) -> None:
         """``filtering``: whether some webhook has a filter now (``Spool.filtering``);
@@ -113,6 +113,10 @@ class LineProcessor:
         self.rejected.write(
             "line_too_long", f"the line is {length} bytes long", head[:1024], length
         )
+
+    def count(self, accepted: Counter[str], rejected: Counter[tuple[str, str]]) -> None:
+        """Add a read's events to ``tailhook_events_total``, by type and outcome."""
+        self._count(accepted, rejected)
 
     def _count(self, accepted: Counter[str], rejected: Counter[tuple[str, str]]) -> None:
         for event_type, n in accepted.items():

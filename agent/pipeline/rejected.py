@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 
 MAX_BYTES = 10 * 1024 * 1024
 DIRECTORY = "rejected"
+
+
+class RejectedLines(Protocol):
+    """Where a processor puts its rejected lines: the file (``RejectedLog``), or a
+    record of them (``agent.pipeline.workers.Recorded``) written later, in order."""
+
+    def write(self, reason: str, detail: str, line: bytes, length: int) -> None: ...
 
 
 class RejectedLog:

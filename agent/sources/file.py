@@ -31,6 +31,7 @@ from watchdog.observers.polling import PollingObserver
 from agent.config import FileSourceConfig
 from agent.errors import StateError
 from agent.pipeline import LineProcessor
+from agent.pipeline.workers import BurstConverter
 from agent.sources import ERROR_REASONS, commit_bytes
 from agent.sources.discovery import FileFinder, file_key, static_prefix
 from agent.sources.lines import LineSplitter
@@ -119,6 +120,7 @@ class FileSource(Worker):
         self.config = config
         self.spool = spool
         self.processor = processor
+        self.converter = BurstConverter(processor, config.workers)
         self.metrics = metrics
         self.files: dict[str, TailedFile] = {}
         self._wake = threading.Event()
@@ -151,6 +153,7 @@ class FileSource(Worker):
 
     def teardown(self) -> None:
         self._stop_watching()
+        self.converter.close()
         for tailed in self.files.values():
             os.close(tailed.fd)
         self.files.clear()
@@ -355,7 +358,7 @@ class FileSource(Worker):
         tailed.last_growth = time.monotonic()
         if tailed.read_pos <= FINGERPRINT_BYTES or len(tailed.fingerprint) < FINGERPRINT_BYTES:
             tailed.fingerprint = read_fingerprint(tailed.fd)
-        events = self.processor.process(lines)
+        events = self.converter.convert(lines, consumed)
         try:
             kept = self.spool.append(self.name, events, tailed.checkpoint(), self._stop)
         except StateError:

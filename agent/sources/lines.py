@@ -52,10 +52,12 @@ class LineSplitter:
             long_lines.append(LongLine(self._head, self._skipping + end))
             self._skipping = None
             data = data[end + 1 :]
-        lines = (self._buf + data).split(b"\n") if self._buf else data.split(b"\n")
+        lines = data.split(b"\n")
+        if self._buf:  # the line begun by earlier data: joined alone, not the whole chunk
+            lines[0] = self._buf + lines[0]
         tail = lines.pop()
         limit = self.max_line_bytes
-        if any(len(line) > limit and _too_long(line, limit) for line in lines):
+        if lines and max(map(len, lines)) > limit and any(_too_long(x, limit) for x in lines):
             kept = []
             for line in lines:
                 if _too_long(line, limit):
