@@ -67,7 +67,16 @@ MAX_PEAK_RSS_MIB = 80.0
 #: The longest the agent may take to deliver a case.
 TIME_LIMIT = 300.0
 #: py-spy, sampling every thread on CPU 250 times a second without stopping the agent.
-PY_SPY = ("py-spy", "record", "-r", "250", "-f", "raw", "--threads", "--nonblocking")
+PY_SPY = (
+    str(Path(sys.executable).with_name("py-spy")),
+    "record",
+    "-r",
+    "250",
+    "-f",
+    "raw",
+    "--threads",
+    "--nonblocking",
+)
 #: Above this share of a core, the receiver may have held the agent back.
 RECEIVER_BUSY = 0.5
 
@@ -223,6 +232,8 @@ def main() -> int:
     met = True
     for case in cases:
         profile = None
+        if args.profile is not None and not Path(PY_SPY[0]).exists():
+            raise SystemExit(f"--profile needs py-spy at {PY_SPY[0]} (the test extras)")
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             profile = args.profile / f"agent-{case.name}.raw"
