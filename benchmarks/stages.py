@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +120,7 @@ class Stopwatch:
     """CPU seconds spent per stage (``time.process_time``: every thread of this one)."""
 
     def __init__(self) -> None:
-        self.spent: Counter[str] = Counter()
+        self.spent: dict[str, float] = defaultdict(float)
         self._mark = time.process_time()
 
     def start(self) -> None:
