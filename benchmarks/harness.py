@@ -58,6 +58,21 @@ def load_average() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far, by kind (the ``cpu`` line of /proc/stat)."""
+    return [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def machine_busy(before: list[int], after: list[int]) -> str:
+    """How busy the whole machine was between two ``cpu_ticks``: every process's share
+    of all CPUs (not only ours), and the share the hypervisor stole."""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent) or 1
+    idle = spent[3] + spent[4]  # idle, iowait
+    steal = spent[7] if len(spent) > 7 else 0
+    return f"machine {100 * (total - idle) / total:.0f}% busy, {100 * steal / total:.0f}% stolen"
+
+
 class Receiver:
     """``benchmarks/receiver.py`` in its own process (so its CPU is not ours)."""
 

@@ -30,6 +30,7 @@ summarises it; a profiled run is slower, so its figures are not held to the targ
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -41,7 +42,9 @@ from harness import (
     Receiver,
     agent_config,
     cpu_seconds,
+    cpu_ticks,
     load_average,
+    machine_busy,
     start_agent,
     status_mib,
     work_dir,
@@ -161,12 +164,14 @@ def run_case(case: Case, count: int, base: Path | None, profile: Path | None) ->
         print(f"== case {case.name}: {count:,} lines of {size / count:.0f} bytes ({case.what})")
         print(f"   in {tmp}; {load_average()}")
         check_floor_matches_format(log)
+        ticks = cpu_ticks()
         stages_dir = tmp / "stages"
         stages_dir.mkdir()
         with Receiver() as receiver:
             stages = measure_stages(log, stages_dir, receiver.url)
         floor = measure_floor(log)
         run = run_agent(tmp, log, count, profile)
+        print(f"   over the case: {machine_busy(ticks, cpu_ticks())} (of {os.cpu_count()} CPUs)")
     per_event = run.cpu / count
     rate = count / run.wall
     cpu_ratio, rate_ratio = per_event / floor.cpu_per_event, rate / floor.rate
