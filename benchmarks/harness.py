@@ -117,6 +117,25 @@ class Receiver:
         self.close()
 
 
+#: py-spy, sampling every thread on CPU 250 times a second without stopping the agent.
+PY_SPY = (str(Path(sys.executable).with_name("py-spy")), "record", "-r", "250", "-f", "raw")
+PY_SPY_OPTIONS = ("--threads", "--nonblocking")
+
+
+def start_py_spy(pid: int, profile: Path) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` into ``profile`` (collapsed stacks: ``top.py`` reads
+    them) until the process ends; it has attached when this returns."""
+    if not Path(PY_SPY[0]).exists():
+        raise SystemExit(f"a profile needs py-spy at {PY_SPY[0]} (the test extras)")
+    spy = subprocess.Popen(
+        [*PY_SPY, *PY_SPY_OPTIONS, "-o", str(profile), "-p", str(pid)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    return spy
+
+
 def agent_config(
     directory: Path,
     log: Path,

@@ -11,7 +11,8 @@ CLOCK_MONOTONIC is one clock for every process on a Linux host, so the two compa
 It prints p50, p99 and the maximum, and the agent's CPU share at that rate; the exit
 status is 1 when p99 is above ``MAX_P99_MS`` (issue 11: no regression past 20 ms).
 
-Run: ``python benchmarks/latency.py [--rate 1000] [--seconds 10]``.
+Run: ``python benchmarks/latency.py [--rate 1000] [--seconds 10]``; ``--profile FILE``
+also records the agent with py-spy (``benchmarks/top.py FILE`` summarises it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ import time
 from pathlib import Path
 
 import orjson
-from harness import Receiver, agent_config, cpu_seconds, load_average, start_agent, work_dir
+from harness import (
+    Receiver,
+    agent_config,
+    cpu_seconds,
+    load_average,
+    start_agent,
+    start_py_spy,
+    work_dir,
+)
 from lines import realistic_hit_line
 
 #: p99 of append -> receipt, milliseconds, at 1,000 events/s with ``max_wait: 0``.
@@ -75,6 +84,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="lines appended a second")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to append")
     parser.add_argument("--dir", type=Path, help="where the lines and state go (/dev/shm)")
+    parser.add_argument("--profile", type=Path, help="record the agent with py-spy into this")
     args = parser.parse_args()
     count = max(1, int(args.rate * args.seconds))
     templates = stamped_templates(count)
@@ -85,6 +95,7 @@ def main() -> int:
         log.touch()
         config = agent_config(tmp, log, receiver.url, batch="{max_events: 500, max_wait: 0}")
         agent = start_agent(tmp, config)
+        spy = None if args.profile is None else start_py_spy(agent.pid, args.profile)
         try:
             print(f"{count:,} lines at {args.rate:,.0f}/s in {tmp}; {load_average()}")
             cpu = cpu_seconds(agent.pid)
@@ -96,6 +107,8 @@ def main() -> int:
             requests = int(receiver.stats()["requests"])
         finally:
             agent.terminate()
+            if spy is not None:
+                spy.wait(30)
     if len(latencies) != count:
         raise SystemExit(f"{len(latencies)} stamped events received of {count}")
     p50, p99, worst = (percentile(latencies, q) / 1e6 for q in (0.5, 0.99, 1.0))

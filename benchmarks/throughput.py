@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from harness import (
     load_average,
     machine_busy,
     start_agent,
+    start_py_spy,
     status_mib,
     work_dir,
 )
@@ -69,17 +69,6 @@ MIN_RATE_RATIO = 1.0
 MAX_PEAK_RSS_MIB = 80.0
 #: The longest the agent may take to deliver a case.
 TIME_LIMIT = 300.0
-#: py-spy, sampling every thread on CPU 250 times a second without stopping the agent.
-PY_SPY = (
-    str(Path(sys.executable).with_name("py-spy")),
-    "record",
-    "-r",
-    "250",
-    "-f",
-    "raw",
-    "--threads",
-    "--nonblocking",
-)
 #: Above this share of a core, the receiver may have held the agent back.
 RECEIVER_BUSY = 0.5
 
@@ -123,13 +112,8 @@ def run_agent(tmp: Path, log: Path, count: int, profile: Path | None) -> AgentRu
         agent = start_agent(tmp, config)
         spy = None
         try:
-            if profile is not None:  # on-CPU samples of every thread, as collapsed stacks
-                spy = subprocess.Popen(
-                    [*PY_SPY, "-o", str(profile), "-p", str(agent.pid)],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                time.sleep(1.0)  # py-spy attaches
+            if profile is not None:
+                spy = start_py_spy(agent.pid, profile)
             cpu_before, rx_before = cpu_seconds(agent.pid), receiver.stats()
             started = time.monotonic()
             hold.rename(log)
@@ -237,8 +221,6 @@ def main() -> int:
     met = True
     for case in cases:
         profile = None
-        if args.profile is not None and not Path(PY_SPY[0]).exists():
-            raise SystemExit(f"--profile needs py-spy at {PY_SPY[0]} (the test extras)")
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             profile = args.profile / f"agent-{case.name}.raw"
