@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo check lint test bench schema clean
+.PHONY: demo check lint test bench bench-latency bench-backlog schema clean
 
 $(BIN)/tailhook: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,16 @@ check: lint test
 schema: $(BIN)/tailhook
 	$(BIN)/python -m agent.config schemas/config.schema.json
 
+# Issue 11's measurements (README "Performance"); each exits non-zero on a missed target.
+# bench: the 475- and 800-byte cases against the in-process floor (a few minutes).
 bench: $(BIN)/tailhook
 	$(BIN)/python benchmarks/throughput.py
+
+bench-latency: $(BIN)/tailhook
+	$(BIN)/python benchmarks/latency.py
+
+bench-backlog: $(BIN)/tailhook
+	$(BIN)/python benchmarks/backlog_memory.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -92,6 +92,12 @@ def client_address(n: int, rng: random.Random) -> str:
     return ".".join(map(str, octets))
 
 
+def request_id(rng: random.Random) -> str:
+    """A request id as a node writes it: a UUID's 36 characters."""
+    hexa = f"{rng.getrandbits(128):032x}"
+    return f"{hexa[:8]}-{hexa[8:12]}-{hexa[12:16]}-{hexa[16:20]}-{hexa[20:]}"
+
+
 def realistic_hit_line(n: int, rng: random.Random) -> bytes:
     """One native hit line (without its newline), ~800 bytes, unique by ``n``."""
     attack_type, template = ATTACKS[n % len(ATTACKS)]
@@ -103,8 +109,8 @@ def realistic_hit_line(n: int, rng: random.Random) -> bytes:
             "time": f"2025-06-15T{second // 3600 % 24:02d}:{second // 60 % 60:02d}:"
             f"{second % 60:02d}Z",
             "logged_at": f"2025-06-15T{second // 3600 % 24:02d}:{second // 60 % 60:02d}:"
-            f"{second % 60:02d}.{rng.randrange(1000):03d}Z",
-            "ids": [f"hits_production_{n % 9000 + 1000}_202506_v_1", f"{rng.getrandbits(96):024x}"],
+            f"{second % 60:02d}.{rng.randrange(1_000_000):06d}Z",
+            "ids": [f"hits_production_{n % 9000 + 1000}_202506_v_1", request_id(rng)],
             "domain": DOMAINS[n % len(DOMAINS)],
             "method": METHODS[n % len(METHODS)],
             "path": PATHS[rng.randrange(len(PATHS))],

@@ -1,237 +1,238 @@
 """Throughput of the whole agent against its in-process floor, measured in one run.
 
-1. The floor: reading the hit lines from the file, splitting them, ``orjson.loads``,
-   validating with jsonschema_rs, mapping and ``orjson.dumps``, in this process,
-   with none of the agent's machinery: CPU µs per event.
-2. The agent: ``tailhook run`` as a subprocess on the same N lines (``start_at:
-   beginning``) with the spool on, delivering to a loopback receiver in another
-   process. From ready to the last event received: events/s, the agent's CPU seconds
-   per event (from /proc) and its peak RSS (VmHWM).
-3. The receiver's own CPU time over the run, to show it was not the bottleneck.
+For each case (``--case``: ``475``, the tests' 475-byte hit line, 200,000 lines by
+default; ``800``, ``benchmarks/lines.py``'s realistic ~800-byte hit lines, 1,000,000 by
+default; ``--events`` sets both), with the lines written to a file on tmpfs (removed
+after):
 
-The target is a ratio, so a noisy shared machine does not move it: the agent's CPU per
-event divided by the floor's must stay under ``--max-ratio`` (default 2.0).
-Run: ``python benchmarks/throughput.py [--events N]``.
+1. The floor, in this process (``stages.measure_floor``): read, split,
+   ``orjson.loads``, jsonschema_rs with the project's hit schema, map,
+   ``orjson.dumps``: its CPU µs per event and its events/s, measured just before the
+   agent and just after it; the ratios use the mean of the two.
+2. The stages of the agent's path, in this process, on the same lines
+   (``stages.measure_stages``): what each costs per event.
+3. The agent: ``tailhook run`` as a subprocess on the same lines (``start_at:
+   beginning``), the spool on, ``batch: {max_events: 500}``, delivering to a loopback
+   receiver in another process. From the moment the file appears to the last event
+   received: events/s, the agent's CPU per event (/proc) and its peak RSS (VmHWM).
+4. The receiver's own CPU over the run: its share of a core, and the rate one core of
+   it could take, to show it was not the bottleneck.
+
+The targets (issue 11) are ratios to the floor measured in the same run, so a noisy
+shared machine moves both sides: agent CPU per event at most ``MAX_CPU_RATIO`` times the
+floor's, agent events/s at least ``MIN_RATE_RATIO`` times the floor's, peak RSS at most
+``MAX_PEAK_RSS_MIB``. The exit status is 1 when any target of any case is missed.
+
+Run: ``python benchmarks/throughput.py [--case 475|800|all] [--events N]``;
+``--profile DIR`` also records each agent run with py-spy (``benchmarks/top.py``
+summarises it; a profiled run is slower, so its figures are not held to the targets).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-from prometheus_client import CollectorRegistry
+from harness import (
+    Receiver,
+    agent_config,
+    cpu_seconds,
+    cpu_ticks,
+    load_average,
+    machine_busy,
+    start_agent,
+    start_py_spy,
+    status_mib,
+    work_dir,
+)
+from lines import write_realistic_lines
+from stages import (
+    AGENT_PATH,
+    PARTS,
+    Floor,
+    check_floor_matches_format,
+    measure_floor,
+    measure_stages,
+)
 
-from agent.formats import MappingContext, load_format
-from agent.sources.lines import LineSplitter
-from agent.spool import Checkpoint, NewSegment, Spool
-from agent.telemetry import Metrics
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.agent_support import hit_line
 
+#: Agent CPU per event over the floor's: the target, and what issue 11 aims at.
+MAX_CPU_RATIO = 0.85
+AIM_CPU_RATIO = 0.6
+#: Agent events/s over the floor's (events per wall-clock second, in one process).
+MIN_RATE_RATIO = 1.0
+#: The agent's peak resident memory (VmHWM), MiB.
+MAX_PEAK_RSS_MIB = 80.0
+#: The longest the agent may take to deliver a case.
 TIME_LIMIT = 300.0
+#: Above this share of a core, the receiver may have held the agent back.
+RECEIVER_BUSY = 0.5
 
 
-def write_lines(path: Path, count: int) -> int:
+def write_hit_lines(path: Path, count: int) -> int:
     with path.open("wb") as out:
         for n in range(count):
             out.write(hit_line(n) + b"\n")
     return path.stat().st_size
 
 
-def measure_floor(path: Path) -> float:
-    """CPU seconds per event of read -> split -> parse -> validate -> map -> serialise."""
-    fmt = load_format("native")
-    ctx = MappingContext()
-    started = time.process_time()
-    splitter = LineSplitter(1 << 20)
-    count = 0
-    with path.open("rb", buffering=0) as src:
-        while chunk := src.read(256 * 1024):
-            lines, _ = splitter.feed(chunk)
-            for line in lines:
-                _, notification = fmt.convert(orjson.loads(line), ctx)
-                orjson.dumps(notification)
-                count += 1
-    return (time.process_time() - started) / count
+@dataclass(frozen=True)
+class Case:
+    name: str
+    what: str
+    events: int  # by default
+    write: Callable[[Path, int], int]
 
 
-def measure_spool(path: Path, directory: Path) -> tuple[float, float]:
-    """CPU seconds per event of durability alone, in process: keeping the events (one
-    segment per read, with its checkpoint, as the file source does) and delivering
-    them (form, record, finish, delete), as a webhook sink does."""
-    fmt = load_format("native")
-    ctx = MappingContext()
-    segments = []
-    splitter = LineSplitter(1 << 20)
-    with path.open("rb", buffering=0) as src:
-        while chunk := src.read(1 << 20):
-            lines, _ = splitter.feed(chunk)
-            segment = NewSegment()
-            for line in lines:
-                segment.add("hit", orjson.dumps(fmt.convert(orjson.loads(line), ctx)[1]))
-            segments.append(segment)
-    count = sum(len(segment) for segment in segments)
-    spool = Spool(directory / "spool.db", Metrics(CollectorRegistry()))
-    spool.configure_webhooks({"bench": frozenset({"hit"})})
-    started = time.process_time()
-    for n, segment in enumerate(segments):
-        spool.append("bench", segment, Checkpoint("1:1", str(path), n, b""))
-    kept = time.process_time()
-    while (batch := spool.next_batch("bench", 500, 1 << 20)) is not None:
-        spool.finish_batch("bench", batch)
-    done = time.process_time()
-    spool.close()
-    return (kept - started) / count, (done - kept) / count
+CASES = {
+    "475": Case("475", "tests.agent_support.hit_line", 200_000, write_hit_lines),
+    "800": Case("800", "benchmarks/lines.py, realistic", 1_000_000, write_realistic_lines),
+}
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / ticks, int(fields[12]) / ticks
+@dataclass(frozen=True)
+class AgentRun:
+    wall: float
+    cpu: float
+    rss: float  # MiB, peak
+    receiver_cpu: float
+    requests: int
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def receiver_stats(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as answer:
-        return json.loads(answer.read())  # type: ignore[no-any-return]
-
-
-def run_agent(
-    tmp: Path, log: Path, count: int, port: int, profile: Path | None = None
-) -> dict[str, float]:
-    config = tmp / "config.yaml"
-    config.write_text(
-        f"state_dir: {tmp / 'state'}\n"
-        "metrics: {listen: '127.0.0.1:0'}\n"
-        "log: {level: warning}\n"
-        f"sources: [{{name: bench, type: file, paths: ['{log}']}}]\n"
-        f"webhooks: [{{name: sink, url: 'http://127.0.0.1:{port}/hook', events: [hit],"
-        " batch: {max_events: 500}}]\n"
+def run_agent(tmp: Path, log: Path, count: int, profile: Path | None) -> AgentRun:
+    """``tailhook run`` delivers the ``count`` lines of ``log`` to a receiver process."""
+    with Receiver() as receiver:
+        config = agent_config(tmp, log, receiver.url)
+        hold = tmp / "hold.log"
+        log.rename(hold)  # the agent starts with nothing to read (start-up is not per event)
+        agent = start_agent(tmp, config)
+        spy = None
+        try:
+            if profile is not None:
+                spy = start_py_spy(agent.pid, profile)
+            cpu_before, rx_before = cpu_seconds(agent.pid), receiver.stats()
+            started = time.monotonic()
+            hold.rename(log)
+            wall = receiver.wait_events(count, TIME_LIMIT) - started
+            cpu = cpu_seconds(agent.pid) - cpu_before
+            rss = status_mib(agent.pid, "VmHWM")
+            rx_after = receiver.stats()
+        finally:
+            agent.terminate()
+            if spy is not None:
+                spy.wait(30)
+    return AgentRun(
+        wall,
+        cpu,
+        rss,
+        rx_after["cpu_seconds"] - rx_before["cpu_seconds"],
+        int(rx_after["requests"] - rx_before["requests"]),
     )
-    log.rename(tmp / "hold.log")  # the agent starts with nothing to read...
-    command = [sys.executable, "-m", "agent", "run", "-c", str(config)]
-    spy = None
-    agent = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-    if profile is not None:  # on-CPU samples of every thread, as collapsed stacks
-        spy = subprocess.Popen(
-            [
-                "py-spy",
-                "record",
-                "-r",
-                "250",
-                "-f",
-                "raw",
-                "--threads",
-                "-o",
-                str(profile),
-                "-p",
-                str(agent.pid),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    try:
-        time.sleep(2.0)  # ...until it is up (imports and start-up are not per-event cost)
-        cpu_before = cpu_seconds(agent.pid)
-        rx_before = receiver_stats(port)
-        started = time.monotonic()
-        (tmp / "hold.log").rename(log)
-        received = 0
-        while received < count:
-            if time.monotonic() - started > TIME_LIMIT:
-                raise SystemExit(f"gave up after {TIME_LIMIT}s with {received}/{count} events")
-            time.sleep(0.05)
-            received = int(receiver_stats(port)["events"])
-        wall = time.monotonic() - started
-        user, system = (a - b for a, b in zip(cpu_seconds(agent.pid), cpu_before, strict=True))
-        rx_after = receiver_stats(port)
-        return {
-            "wall": wall,
-            "cpu": user + system,
-            "user": user,
-            "system": system,
-            "rss": peak_rss_mib(agent.pid),
-            "receiver_cpu": rx_after["cpu_seconds"] - rx_before["cpu_seconds"],
-            "requests": rx_after["requests"] - rx_before["requests"],
-        }
-    finally:
-        agent.terminate()
-        agent.wait(30)
-        if spy is not None:
-            spy.wait(30)
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def run_case(case: Case, count: int, base: Path | None, profile: Path | None) -> bool:
+    """Measure one case and print its figures; True if every target was met."""
+    with work_dir(base) as tmp:
+        logs = tmp / "logs"
+        logs.mkdir()
+        log = logs / "detections.log"
+        size = case.write(log, count)
+        print(f"== case {case.name}: {count:,} lines of {size / count:.0f} bytes ({case.what})")
+        print(f"   in {tmp}; {load_average()}")
+        check_floor_matches_format(log)
+        ticks = cpu_ticks()
+        stages_dir = tmp / "stages"
+        stages_dir.mkdir()
+        with Receiver() as receiver:
+            stages = measure_stages(log, stages_dir, receiver.url)
+        floors = [measure_floor(log)]
+        run = run_agent(tmp, log, count, profile)
+        floors.append(measure_floor(log))
+        print(f"   over the case: {machine_busy(ticks, cpu_ticks())} (of {os.cpu_count()} CPUs)")
+    floor = Floor(sum(one.cpu_per_event for one in floors) / 2, sum(one.rate for one in floors) / 2)
+    per_event = run.cpu / count
+    rate = count / run.wall
+    cpu_ratio, rate_ratio = per_event / floor.cpu_per_event, rate / floor.rate
+    before, after = (f"{one.cpu_per_event * 1e6:.2f} µs, {one.rate:,.0f}/s" for one in floors)
+    print(
+        f"floor (in-process):   {floor.cpu_per_event * 1e6:6.2f} µs CPU/event, "
+        f"{floor.rate:,.0f} events/s (mean of {before} before the agent, {after} after)"
+    )
+    print(
+        f"agent (tailhook run): {per_event * 1e6:6.2f} µs CPU/event, {rate:,.0f} events/s "
+        f"({run.wall:.2f} s), peak RSS {run.rss:.1f} MiB, {run.requests} requests"
+    )
+    busy = run.receiver_cpu / run.wall
+    capacity = count / run.receiver_cpu if run.receiver_cpu else float("inf")
+    print(
+        f"receiver:             {100 * busy:.0f}% of a core; one core of it takes "
+        f"~{capacity:,.0f} events/s: "
+        + ("not the bottleneck" if busy < RECEIVER_BUSY else "MAY BE THE BOTTLENECK")
+    )
+    print_stages(stages, per_event)
+    met = [
+        cpu_ratio <= MAX_CPU_RATIO,
+        rate_ratio >= MIN_RATE_RATIO,
+        run.rss <= MAX_PEAK_RSS_MIB,
+    ]
+    print(
+        f"agent CPU / floor CPU:   {cpu_ratio:5.2f}  target <= {MAX_CPU_RATIO} "
+        f"(aim {AIM_CPU_RATIO})  {verdict(met[0])}"
+    )
+    print(f"agent rate / floor rate: {rate_ratio:5.2f}  target >= {MIN_RATE_RATIO}  "
+          f"{verdict(met[1])}")  # fmt: skip
+    print(
+        f"agent peak RSS:      {run.rss:5.1f} MiB  target <= {MAX_PEAK_RSS_MIB:.0f} MiB  "
+        f"{verdict(met[2])}"
+    )
+    return all(met)
+
+
+def print_stages(stages: dict[str, float], agent_per_event: float) -> None:
+    """The per-stage table, its sum, and what the agent spent beyond it."""
+    print("stages, in-process on the same lines (µs CPU per event):")
+    path_total = 0.0
+    for stage in AGENT_PATH:
+        path_total += stages.get(stage, 0.0)
+        print(f"   {stage:<48} {stages.get(stage, 0.0) * 1e6:6.2f}")
+        if stage.startswith("pipeline"):
+            for part in PARTS:
+                print(f"   {part:<48} {stages.get(part, 0.0) * 1e6:6.2f}")
+    print(f"   {'sum of the agent path':<48} {path_total * 1e6:6.2f}")
+    print(
+        f"   {'agent beyond the sum (threads, waits, locks)':<48} "
+        f"{(agent_per_event - path_total) * 1e6:6.2f}"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--max-ratio", type=float, default=2.0)
-    parser.add_argument(
-        "--profile", type=Path, help="also record the agent with py-spy into this file"
-    )
+    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    parser.add_argument("--events", type=int, help="lines per case (default: the case's)")
+    parser.add_argument("--dir", type=Path, help="where the lines and state go (/dev/shm)")
+    parser.add_argument("--profile", type=Path, help="record py-spy profiles into this dir")
     args = parser.parse_args()
-    count = args.events
-    with tempfile.TemporaryDirectory(prefix="tailhook-bench-") as name:
-        tmp = Path(name)
-        log = tmp / "detections.log"
-        size = write_lines(log, count)
-        floor = measure_floor(log)
-        spool_dir = tmp / "spool-alone"
-        spool_dir.mkdir()
-        keep, deliver = measure_spool(log, spool_dir)
-        receiver = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("receiver.py"))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert receiver.stdout is not None
-            port = int(receiver.stdout.readline())
-            result = run_agent(tmp, log, count, port, args.profile)
-        finally:
-            assert receiver.stdin is not None
-            receiver.stdin.close()
-            receiver.wait(10)
-    per_event = result["cpu"] / count
-    ratio = per_event / floor
-    print(f"events:                 {count} hit lines, {size / count:.0f} bytes each")
-    print(f"floor (in-process):     {floor * 1e6:.2f} µs CPU per event")
-    print(
-        f"durability (in-process): {(keep + deliver) * 1e6:.2f} µs CPU per event "
-        f"(keep {keep * 1e6:.2f}, deliver and delete {deliver * 1e6:.2f})"
-    )
-    print(
-        f"agent throughput:       {count / result['wall']:.0f} events/s "
-        f"({result['wall']:.2f} s wall)"
-    )
-    print(
-        f"agent CPU per event:    {per_event * 1e6:.2f} µs ({result['cpu']:.2f} s: "
-        f"{result['user']:.2f} user, {result['system']:.2f} system)"
-    )
-    print(f"agent peak RSS:         {result['rss']:.1f} MiB")
-    print(
-        f"receiver CPU:           {result['receiver_cpu']:.2f} s over {result['wall']:.2f} s "
-        f"wall ({100 * result['receiver_cpu'] / result['wall']:.0f}% of a core), "
-        f"{result['requests']:.0f} requests"
-    )
-    print(f"ratio agent/floor:      {ratio:.2f} (target <= {args.max_ratio})")
-    return 0 if ratio <= args.max_ratio else 1
+    cases = list(CASES.values()) if args.case == "all" else [CASES[args.case]]
+    met = True
+    for case in cases:
+        profile = None
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            profile = args.profile / f"agent-{case.name}.raw"
+        ok = run_case(case, args.events or case.events, args.dir, profile)
+        met = met and ok
+    print("all targets met" if met else "a target was missed")
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
