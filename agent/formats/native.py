@@ -19,6 +19,7 @@ A value the schema lets through but the mapping cannot use (an address that is n
 from __future__ import annotations
 
 import ipaddress
+import re
 import zlib
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -69,10 +70,24 @@ def _rfc3339_seconds(value: str) -> int:
     return int(moment.timestamp())
 
 
-@lru_cache(maxsize=4096)
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+#: Exactly the IPv4 addresses ``ipaddress`` accepts and writes back unchanged (four
+#: decimal octets up to 255, no leading zero); it parses one ~40x slower than this.
+_is_ipv4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}").fullmatch
+
+
 def client_addresses(addr: str) -> tuple[str | None, str | None]:
     """``(remote_addr4, remote_addr6)`` for a client address; raises ValueError if not an IP."""
-    ip = ipaddress.ip_address(addr)
+    if _is_ipv4(addr) is not None:
+        return addr, None
+    return _other_addresses(addr)
+
+
+@lru_cache(maxsize=4096)
+def _other_addresses(addr: str) -> tuple[str | None, str | None]:
+    # With a ":" it cannot be IPv4: skip ip_address's IPv4 attempt and the exception it
+    # raises (more than half of ip_address's time); the verdict and the result are the same.
+    ip = ipaddress.IPv6Address(addr) if ":" in addr else ipaddress.ip_address(addr)
     if isinstance(ip, ipaddress.IPv6Address):
         mapped = ip.ipv4_mapped
         return (str(mapped), None) if mapped is not None else (None, str(ip))
@@ -273,7 +288,10 @@ class NativeFormat:
     name = "native"
 
     def __init__(self) -> None:
+        from agent.formats.native_fast import fast_hit  # it builds on this module
+
         self._validators = {event_type: fast_validator(event_type) for event_type in EVENT_TYPES}
+        self._fast_hit = fast_hit
 
     def convert(self, obj: Any, ctx: MappingContext) -> tuple[str, Event | None]:
         """One decoded line -> ``(event_type, notification)``; raises RejectedLine."""
@@ -291,3 +309,8 @@ class NativeFormat:
             return event, MAPPERS[event](obj, ctx)
         except InvalidValue as exc:
             raise RejectedLine("invalid_schema", str(exc)[:MAX_DETAIL], event) from exc
+
+    def fast_hit(self, line: bytes) -> Event | None:
+        """A hit line decoded, validated and mapped in one typed pass, or ``None`` when
+        the fast path does not take it (``agent.formats.native_fast``)."""
+        return self._fast_hit(line)
