@@ -13,7 +13,8 @@ per event type, and the pieces of a hit notification that the ModSecurity format
 - ``unix_seconds``: RFC 3339 or Unix seconds to whole Unix seconds (fractions dropped).
 
 A value the schema lets through but the mapping cannot use (an address that is not an IP,
-2020-02-30) rejects the line as ``invalid_schema`` too.
+2020-02-30, an integer beyond the 64 bits a notification can carry) rejects the line as
+``invalid_schema`` too.
 """
 
 from __future__ import annotations
@@ -110,6 +111,18 @@ def list_hash(values: list[int]) -> int:
     return crc - 0x100000000 if crc & 0x80000000 else crc
 
 
+#: The largest integer a notification can carry: orjson writes integers up to 64 bits.
+MAX_INTEGER = 2**64 - 1
+
+
+def _integers(values: list[Any], where: str) -> list[int]:
+    """Whole numbers the schema took (``1.0`` is one), as ints a notification can carry."""
+    ints = [int(value) for value in values]
+    if ints and max(ints) > MAX_INTEGER:
+        raise InvalidValue(f"{where}: {max(ints)} is larger than {MAX_INTEGER}")
+    return ints
+
+
 def _client(addr: str) -> tuple[str | None, str | None]:
     try:
         return client_addresses(addr)
@@ -123,8 +136,10 @@ def map_hit(event: Event, ctx: MappingContext) -> Event:
     response = event["response"]
     detection = event["detection"]
     addr4, addr6 = _client(client["addr"])
-    stamps = [int(stamp) for stamp in detection["stamps"]]
-    regex = [int(rule) for rule in detection["regex"]]
+    stamps = _integers(detection["stamps"], "/detection/stamps")
+    regex = _integers(detection["regex"], "/detection/regex")
+    (length,) = _integers([response["length"]], "/response/length")
+    (time_ms,) = _integers([response["time_ms"]], "/response/time_ms")
     stamps_hash = detection.get("stamps_hash")
     regex_hash = detection.get("regex_hash")
     return {
@@ -145,9 +160,9 @@ def map_hit(event: Event, ctx: MappingContext) -> Event:
         "tor": client["tor"],
         "request_time": unix_seconds(event["time"], "/time"),
         "create_time": unix_seconds(event["logged_at"], "/logged_at"),
-        "response_len": int(response["length"]),
+        "response_len": length,
         "response_status": int(response["status"]),
-        "response_time": int(response["time_ms"]),
+        "response_time": time_ms,
         "stamps": stamps,
         "regex": regex,
         "stamps_hash": list_hash(stamps) if stamps_hash is None else int(stamps_hash),
