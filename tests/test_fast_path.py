@@ -186,7 +186,6 @@ def test_native_fast_path_keeps_the_schema_verdicts_and_bytes(kind: str, tmp_pat
     rng = random.Random(f"fast-path-{kind}")
     lines = lines_of(lambda rng: valid_native(kind, rng), rng)
     counts = assert_same_verdicts("native", lines, native_reference(), tmp_path)
-    print(kind, counts)
     assert counts["lines"] >= VALID + MUTATED - 10
     assert counts["accepted"] > VALID // 2 and counts["rejected"] > MUTATED // 2, counts
     if kind == "hit":  # most valid hits take the fast path
@@ -207,7 +206,6 @@ def test_modsecurity_path_keeps_the_schema_verdicts_and_bytes(tmp_path: Path) ->
     rng = random.Random("fast-path-modsecurity")
     lines = lines_of(lambda rng: valid_modsecurity(seeds, rng), rng)
     counts = assert_same_verdicts("modsecurity", lines, modsecurity_reference(), tmp_path)
-    print("modsecurity", counts)
     assert counts["lines"] >= VALID + MUTATED - 10
     assert counts["accepted"] > VALID // 2 and counts["rejected"] > MUTATED // 4, counts
 
@@ -245,7 +243,7 @@ def test_lines_outside_the_subset_are_left_to_the_exact_path(line: bytes) -> Non
             for b in (0, 7, 255)
             for c in (0, 255)
             for d in (0, 1, 255)
-        ),  # fmt: skip
+        ),
         "00.0.0.0",
         "1.2.3.4\x00",
         "1.2.3.-4",

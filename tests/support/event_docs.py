@@ -61,7 +61,7 @@ BAD_ADDRESSES = (
     "1.2.3.4 ",
     " 1.2.3.4",
     "1.2.3.4\n",
-    "١.2.3.4",
+    "\u0661.2.3.4",  # an Arabic-Indic digit one
     "1:2:3:4:5:6:7:8:9",
     "1::2::3",
     "::ffff:01.2.3.4",
@@ -132,6 +132,21 @@ ODD_VALUES: tuple[Any, ...] = (
     {"name": "n", "email": "e"},
     *BAD_DATES[:4],
     *BAD_ADDRESSES[:4],
+)
+#: Bytes put inside a string: invalid UTF-8, lone surrogates, escapes good and bad.
+RAW_STRING_BREAKS = (
+    b"\xff",
+    b"\xc3",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",
+    b"\xc0\xaf",
+    b"\\ud800",
+    b"\\udc00",
+    b"\\ud83d\\ude00",
+    b"\\u0000",
+    b"\\x",
+    b"\x01",
+    b"\\u00e9",
 )
 #: Raw number texts orjson reads differently from msgspec, or not at all.
 RAW_NUMBERS = (
@@ -423,8 +438,7 @@ def raw_mutated(line: bytes, rng: random.Random) -> bytes:
     numbers = list(_NUMBER.finditer(line))
     if roll < 0.25 and strings:
         at = rng.choice(strings).end() - 1
-        bad = rng.choice((b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"\\ud800",
-                          b"\\udc00", b"\\ud83d\\ude00", b"\\u0000", b"\\x", b"\x01", b"\\u00e9"))  # fmt: skip
+        bad = rng.choice(RAW_STRING_BREAKS)
         return line[:at] + bad + line[at:]
     if roll < 0.5 and numbers:
         match = rng.choice(numbers)
