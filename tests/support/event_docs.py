@@ -464,3 +464,73 @@ def raw_mutated(line: bytes, rng: random.Random) -> bytes:
             b"[" + line + b"]",
         )
     )
+
+
+#: Every leaf of a document gets each of these in ``edge_mutations``: each type, the
+#: edges of each range in the schemas, floats for integers, integers beyond 64 bits.
+EDGES: tuple[Any, ...] = (
+    None,
+    True,
+    0,
+    -1,
+    1.0,
+    0.5,
+    999,
+    1000,
+    65535,
+    65536,
+    2**31 - 1,
+    2**31,
+    -(2**31),
+    -(2**31) - 1,
+    2**63 - 1,
+    2**63,
+    -(2**63) - 1,
+    2**64 - 1,
+    2**64,
+    253402300799,
+    253402300800,
+    253402300799.5,
+    "",
+    "x",
+    "hit",
+    [],
+    {},
+    [""],
+    [1],
+    [1.0],
+)
+
+
+def edge_mutations(doc: dict[str, Any]) -> list[Any]:
+    """Each key of the document dropped, an extra key in each object, and each place
+    given each of ``EDGES``, a string a trailing newline: one change per document."""
+    out: list[Any] = []
+    for place in paths(doc):
+        changes: list[Any] = [*EDGES, _DROP]
+        value = _at(doc, place)
+        if isinstance(value, str):
+            changes += [value + "\n", value.upper()]
+        if isinstance(value, dict):
+            changes.append(_EXTRA)
+        for change in changes:
+            copied = copy.deepcopy(doc)
+            parent = _at(copied, place[:-1])
+            if change is _DROP:
+                del parent[place[-1]]
+            elif change is _EXTRA:
+                parent[place[-1]]["extra"] = 1
+            else:
+                parent[place[-1]] = change
+            out.append(copied)
+    out.append({**doc, "extra": 1})
+    return out
+
+
+_DROP, _EXTRA = object(), object()
+
+
+def _at(doc: Any, place: tuple[Any, ...]) -> Any:
+    for key in place:
+        doc = doc[key]
+    return doc
