@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,11 @@ from prometheus_client import CollectorRegistry
 from agent.errors import RejectedLine
 from agent.formats import EVENT_TYPES, MappingContext, load_format
 from agent.formats.modsecurity import map_entry, read_entry
-from agent.formats.native import MAPPERS, InvalidValue, client_addresses
-from agent.formats.native_fast import fast_hit
+from agent.formats.native import MAPPERS, InvalidValue, client_addresses, unix_seconds
+from agent.formats.native_fast import fast_hit, seconds
 from agent.pipeline import LineProcessor, decode_line
 from agent.pipeline.rejected import RejectedLog
-from agent.schemas import python_validator
+from agent.schemas import load_schema, python_validator
 from agent.telemetry import Metrics
 from tests.support.event_docs import (
     BAD_ADDRESSES,
@@ -304,3 +305,23 @@ def test_an_integer_beyond_64_bits_rejects_its_line_alone(tmp_path: Path) -> Non
             "/detection/stamps: 18446744073709551616 is larger than 18446744073709551615",
         )
     ]
+
+
+@pytest.mark.parametrize("year", [1, 1969, 1970, 2025, 2105, 2106, 2107, 9999])
+@pytest.mark.parametrize("fraction", ["", ".0", ".5", ".999999", ".9999999", ".999999999999"])
+@pytest.mark.parametrize("zone", ["Z", "z", "+00:00", "-23:59", "+23:59", "+24:00", "Z\n"])
+def test_fast_seconds_are_the_mapping_s_or_none(year: int, fraction: str, zone: str) -> None:
+    """The fast path's time (fraction cut before a cached parse) is the exact path's
+    ``unix_seconds`` of a time the schema's pattern takes, or it leaves the line."""
+    pattern = load_schema("hit")["$defs"]["time"]["pattern"]
+    for clock in ("00:00:00", "23:59:59", "12:00:01"):
+        for day in ("01-01", "12-31", "02-29", "06-15"):
+            value = f"{year:04d}-{day}T{clock}{fraction}{zone}"
+            try:
+                exact = unix_seconds(value, "/time") if re.search(pattern, value) else None
+            except InvalidValue:
+                exact = None
+            fast = seconds(value)
+            assert fast is None or fast == exact, (value, fast, exact)
+            if fraction == "" and exact is not None:
+                assert fast == exact, value

@@ -182,12 +182,15 @@ def time_value(rng: random.Random) -> Any:
         return rng.choice((0.0, 1591261367.5, rng.random() * 2e9, 253402300799.0))
     if roll < 0.3:
         return rng.choice(BAD_DATES)
-    year, month, day = rng.randrange(1970, 2100), rng.randrange(1, 13), rng.randrange(1, 29)
+    year = rng.randrange(1970, 2100)
+    if rng.random() < 0.2:  # the edges of the fast path's fractions, and of fromisoformat
+        year = rng.choice((rng.randrange(10000), 1, 1969, 2105, 2106, 2107, 9999))
+    month, day = rng.randrange(1, 13), rng.randrange(1, 29)
     stamp = f"{year:04d}-{month:02d}-{day:02d}{rng.choice('TTTt ')}"
     stamp += f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}"
     if rng.random() < 0.4:
         stamp += "." + "".join(rng.choice("0123456789") for _ in range(rng.randrange(1, 10)))
-    zone = rng.choice(("Z", "Z", "z", "+00:00", "-05:30", "+14:00", "+23:59"))
+    zone = rng.choice(("Z", "Z", "z", "+00:00", "-05:30", "+14:00", "+23:59", "-23:59"))
     return stamp + zone
 
 
