@@ -388,7 +388,7 @@ def mutated(doc: dict[str, Any], rng: random.Random) -> Any:
     for _ in range(rng.choice((1, 1, 1, 2, 3))):
         places = paths(doc)
         if not places:
-            return rng.choice(([], "x", 1, None, {}))
+            return copy.deepcopy(rng.choice(([], "x", 1, None, {})))
         place = rng.choice(places)
         parent = doc
         for key in place[:-1]:
@@ -401,9 +401,8 @@ def mutated(doc: dict[str, Any], rng: random.Random) -> Any:
         elif roll < 0.3 and isinstance(parent, list):
             parent.pop(last)
         elif roll < 0.4 and isinstance(value, dict):
-            value[rng.choice(("extra", "x", "event", "stamps_hash", "role", "user"))] = rng.choice(
-                ODD_VALUES
-            )
+            key = rng.choice(("extra", "x", "event", "stamps_hash", "role", "user"))
+            value[key] = copy.deepcopy(rng.choice(ODD_VALUES))
         elif roll < 0.5 and isinstance(value, int) and not isinstance(value, bool):
             parent[last] = rng.choice((value + 1, value - 1, float(value), -value, value * 2**40))
         elif roll < 0.55 and isinstance(value, str):
@@ -413,7 +412,7 @@ def mutated(doc: dict[str, Any], rng: random.Random) -> Any:
         elif roll < 0.65 and last in ("time", "logged_at", "time_stamp"):
             parent[last] = rng.choice(BAD_DATES)
         else:
-            parent[last] = rng.choice(ODD_VALUES)
+            parent[last] = copy.deepcopy(rng.choice(ODD_VALUES))
     return doc
 
 
@@ -524,7 +523,7 @@ def edge_mutations(doc: dict[str, Any]) -> list[Any]:
             elif change is _EXTRA:
                 parent[place[-1]]["extra"] = 1
             else:
-                parent[place[-1]] = change
+                parent[place[-1]] = copy.deepcopy(change)
             out.append(copied)
     out.append({**doc, "extra": 1})
     return out
