@@ -32,9 +32,11 @@ from agent.formats import EVENT_TYPES, MappingContext, load_format
 from agent.formats.modsecurity import map_entry, read_entry
 from agent.formats.native import MAPPERS, InvalidValue, client_addresses, unix_seconds
 from agent.formats.native_fast import fast_hit, seconds
+from agent.formats.wallarm import vulnerability_fields
 from agent.pipeline import LineProcessor, decode_line
 from agent.pipeline.rejected import RejectedLog
 from agent.schemas import load_schema, python_validator
+from agent.spool.routes import facts_of
 from agent.telemetry import Metrics
 from tests.support.event_docs import (
     BAD_ADDRESSES,
@@ -117,9 +119,11 @@ def exact_rejection(fmt: Any, line: bytes) -> tuple[str, str] | None:
 
 
 def through_pipeline(
-    fmt_name: str, lines: list[bytes], state: Path
+    fmt_name: str, lines: list[bytes], state: Path, verdicts: list[Verdict | None]
 ) -> tuple[list[bytes], list[tuple[str, str]]]:
-    """What ``LineProcessor.process`` keeps of the lines, and what it rejects, in order."""
+    """What ``LineProcessor.process`` keeps of the lines, and what it rejects, in order;
+    the facts filters judge and a vulnerability's line fields are checked on the way:
+    those of the notification kept, and those of the line."""
     processor = LineProcessor(
         "diff",
         load_format(fmt_name),
@@ -133,6 +137,19 @@ def through_pipeline(
     log = state / "rejected" / "diff.jsonl"
     rows = log.read_bytes().split(b"\n")[:-1] if log.exists() else []
     entries = [json.loads(row) for row in rows]
+    kinds = [orjson.loads(note)["object_type"] for note in notes]
+    assert kept.facts == [facts_of(t, orjson.loads(n)) for t, n in zip(kinds, notes, strict=True)]
+    sent = [
+        line
+        for line, v in zip(lines, verdicts, strict=True)
+        if v is not None and v[0] == "accepted"
+    ]
+    fields = {
+        n: vulnerability_fields(orjson.loads(line))
+        for n, (kind, line) in enumerate(zip(kinds, sent, strict=True))
+        if kind == "vulnerability"
+    }
+    assert kept.fields == fields
     return notes, [(entry["reason"], entry["detail"]) for entry in entries]
 
 
@@ -169,7 +186,7 @@ def assert_same_verdicts(
 ) -> dict[str, int]:
     fmt = load_format(fmt_name)
     verdicts = [reference(line) for line in lines]
-    notes, rejected = through_pipeline(fmt_name, lines, state)
+    notes, rejected = through_pipeline(fmt_name, lines, state, verdicts)
     expected_notes = [v[1] + b"\n" for v in verdicts if v is not None and v[0] == "accepted"]
     expected_rejected = []
     for line, v in zip(lines, verdicts, strict=True):
@@ -297,7 +314,8 @@ def test_an_integer_beyond_64_bits_rejects_its_line_alone(tmp_path: Path) -> Non
     hit = good.splitlines()[0]
     huge = hit.replace(b'"stamps":[1173]', b'"stamps":[18446744073709551616]')
     assert huge != hit
-    notes, rejected = through_pipeline("native", [huge, hit], tmp_path)
+    verdicts = [native_reference()(line) for line in (huge, hit)]
+    notes, rejected = through_pipeline("native", [huge, hit], tmp_path, verdicts)
     assert notes == [native_reference()(hit)[1] + b"\n"]  # type: ignore[operator]
     assert rejected == [
         (
