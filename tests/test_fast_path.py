@@ -16,6 +16,7 @@ path) and through a reference built on the ``jsonschema`` library and the mappin
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 import re
@@ -291,8 +292,6 @@ def test_lines_outside_the_subset_are_left_to_the_exact_path(line: bytes) -> Non
     ],
 )
 def test_client_addresses_agrees_with_ipaddress(addr: str) -> None:
-    import ipaddress
-
     try:
         ip: Any = ipaddress.ip_address(addr)
     except ValueError:
@@ -343,3 +342,61 @@ def test_fast_seconds_are_the_mapping_s_or_none(year: int, fraction: str, zone: 
             assert fast is None or fast == exact, (value, fast, exact)
             if fraction == "" and exact is not None:
                 assert fast == exact, value
+
+
+def _ipaddress_verdict(addr: str | bytes) -> tuple[str | None, str | None] | None:
+    """What ``client_addresses`` must give, from ``ipaddress`` alone (None: not an IP)."""
+    try:
+        ip: Any = ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        return (str(mapped), None) if mapped is not None else (None, str(ip))
+    return str(ip), None
+
+
+IPV6_SEEDS = (
+    *IPV6,
+    "1:2:3:4:5:6:7::",
+    "::2:3:4:5:6:7:8",
+    "1:2:3:4:5:6:1.2.3.4",
+    "0:0:0:0:0:ffff:255.255.255.255",
+    "::2",
+    "::ffff:0:1.2.3.4",
+    "abcd:ef01:2345:6789:abcd:ef01:2345:6789",
+)
+
+
+@pytest.mark.slow
+def test_ipv6_addresses_read_as_ipaddress_reads_them() -> None:
+    """Client addresses are read through inet_pton/inet_ntop where that gives what
+    ``ipaddress`` gives; 100,000 seeded edits of IPv6 addresses hold it to that."""
+    rng = random.Random("ipv6")
+    alphabet = "0123456789abcdefABCDEFg:.%/ \n\u0661"
+    taken = 0
+    for _ in range(100_000):
+        addr = rng.choice(IPV6_SEEDS)
+        for _ in range(rng.randrange(4)):
+            at = rng.randrange(len(addr) + 1)
+            edit = rng.choice(("", rng.choice(alphabet)))
+            addr = addr[:at] + edit + addr[at + rng.randrange(2) :]
+        expected = _ipaddress_verdict(addr)
+        if expected is None:
+            with pytest.raises(ValueError):
+                client_addresses(addr)
+        else:
+            taken += 1
+            assert client_addresses(addr) == expected, addr
+    assert taken > 20_000
+
+
+@pytest.mark.slow
+def test_ipv6_addresses_written_as_ipaddress_writes_them() -> None:
+    rng = random.Random("ipv6-written")
+    choices = (0, 0, 0, 1, 2, 0xFFFF, 0x100, 15)
+    for _ in range(100_000):
+        groups = [rng.choice((*choices, rng.randrange(65536))) for _ in range(8)]
+        packed = b"".join(group.to_bytes(2, "big") for group in groups)
+        addr = ":".join(f"{group:x}" for group in groups)
+        assert client_addresses(addr) == _ipaddress_verdict(packed), addr

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import zlib
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -84,8 +85,18 @@ def client_addresses(addr: str) -> tuple[str | None, str | None]:
     return _other_addresses(addr)
 
 
+_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
 @lru_cache(maxsize=4096)
 def _other_addresses(addr: str) -> tuple[str | None, str | None]:
+    if ":" in addr:
+        try:
+            packed = socket.inet_pton(socket.AF_INET6, addr)
+        except (OSError, ValueError):
+            pass  # ipaddress decides: a scope id (fe80::1%eth0), or not an address
+        else:
+            return _ipv6_addresses(packed)
     # With a ":" it cannot be IPv4: skip ip_address's IPv4 attempt and the exception it
     # raises (more than half of ip_address's time); the verdict and the result are the same.
     ip = ipaddress.IPv6Address(addr) if ":" in addr else ipaddress.ip_address(addr)
@@ -93,6 +104,21 @@ def _other_addresses(addr: str) -> tuple[str | None, str | None]:
         mapped = ip.ipv4_mapped
         return (str(mapped), None) if mapped is not None else (None, str(ip))
     return str(ip), None
+
+
+def _ipv6_addresses(packed: bytes) -> tuple[str | None, str | None]:
+    """What ``ipaddress`` gives for an address glibc's ``inet_pton`` read (it reads a subset
+    of what ``ipaddress`` reads, to the same value: tests/test_fast_path.py), ~10x faster.
+
+    ``inet_ntop`` writes what ``str(IPv6Address)`` writes (the first longest run of two
+    or more zero groups as ``::``, lower case) except where the first five groups are zero
+    (it may write ``::1.2.3.4``, ``::0.0.0.2``): those go through ``ipaddress``.
+    """
+    if packed[:12] == _MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, packed[12:]), None
+    if packed[:10] == _MAPPED_PREFIX[:10]:
+        return None, str(ipaddress.IPv6Address(packed))
+    return None, socket.inet_ntop(socket.AF_INET6, packed)
 
 
 def parameter_from_point(point: list[Any]) -> str:
