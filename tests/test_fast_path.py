@@ -145,6 +145,7 @@ def through_pipeline(
         for line, v in zip(lines, verdicts, strict=True)
         if v is not None and v[0] == "accepted"
     ]
+    assert len(notes) == len(sent), "the pipeline kept another number of lines than sent"
     fields = {
         n: vulnerability_fields(orjson.loads(line))
         for n, (kind, line) in enumerate(zip(kinds, sent, strict=True))
