@@ -39,16 +39,8 @@ from agent.pipeline.rejected import RejectedLog
 from agent.schemas import load_schema, python_validator
 from agent.spool.routes import facts_of
 from agent.telemetry import Metrics
-from tests.support.event_docs import (
-    BAD_ADDRESSES,
-    IPV6,
-    edge_mutations,
-    mutated,
-    raw_mutated,
-    serialised,
-    valid_modsecurity,
-    valid_native,
-)
+from tests.support.event_docs import BAD_ADDRESSES, IPV6, valid_modsecurity, valid_native
+from tests.support.event_mutations import edge_mutations, mutated, raw_mutated, serialised
 
 DATA = Path(__file__).parent / "data" / "modsecurity"
 SHARED = Path("/work/shared/samples/modsecurity")
