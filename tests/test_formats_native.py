@@ -459,6 +459,10 @@ def replaced(event: dict[str, Any], value: Any, *path: str) -> dict[str, Any]:
         (replaced(hit_event(), "111.17.1.300", "client", "addr"), "/client/addr: "),
         (replaced(hit_event(), "2020-02-30T00:00:00Z", "time"), "/time: "),
         (replaced(hit_event(), "2020-06-04T09:02:47Z\n", "logged_at"), "/logged_at: "),
+        (replaced(hit_event(), [1, 2**64], "detection", "stamps"), "/detection/stamps: "),
+        (replaced(hit_event(), [float(2**70)], "detection", "regex"), "/detection/regex: "),
+        (replaced(hit_event(), 2**64, "response", "length"), "/response/length: "),
+        (replaced(hit_event(), 1e20, "response", "time_ms"), "/response/time_ms: "),
     ],
 )
 def test_an_invalid_hit_is_invalid_schema_with_the_first_error(

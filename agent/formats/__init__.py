@@ -85,6 +85,12 @@ class EventFormat(Protocol):
         """
         ...
 
+    def fast_hit(self, line: bytes) -> dict[str, Any] | None:
+        """The fast path: the notification of a hit line this format decodes, validates
+        and maps in one typed pass, exactly as ``convert`` would, or ``None`` for any line
+        it does not take (then ``convert`` on the decoded line decides, and explains)."""
+        ...
+
 
 def _native() -> EventFormat:
     from agent.formats.native import NativeFormat

@@ -385,3 +385,7 @@ class ModSecurityFormat:
         except InvalidValue as exc:
             raise RejectedLine("invalid_schema", str(exc)[:MAX_DETAIL], "hit") from exc
         return "hit", None if entry is None else map_entry(entry)
+
+    def fast_hit(self, line: bytes) -> None:
+        """No fast path: every transaction takes ``convert``."""
+        return None

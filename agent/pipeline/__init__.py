@@ -78,17 +78,24 @@ class LineProcessor:
         accepted: Counter[str] = Counter()
         rejected_lines: Counter[tuple[str, str]] = Counter()
         convert, ctx, loads, dumps = self.format.convert, self.ctx, orjson.loads, orjson.dumps
+        fast_hit = self.format.fast_hit
         for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
             try:
                 if b"\x00" in line:
                     obj = decode_line(line)  # raises: the reason is worked out there
-                try:
-                    obj = loads(line)
-                except orjson.JSONDecodeError:
-                    obj = decode_line(line)  # raises with the reason
-                event_type, notification = convert(obj, ctx)
+                # The fast path takes most hits; any other line takes the exact path,
+                # which decides its verdict and reason (agent.formats.native_fast).
+                notification = fast_hit(line)
+                if notification is not None:
+                    event_type = "hit"
+                else:
+                    try:
+                        obj = loads(line)
+                    except orjson.JSONDecodeError:
+                        obj = decode_line(line)  # raises with the reason
+                    event_type, notification = convert(obj, ctx)
             except RejectedLine as rejected:
                 if rejected.reason == "invalid_json" and is_blank(line):
                     continue
