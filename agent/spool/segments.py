@@ -311,17 +311,11 @@ class StoredSegment:
             if end == index:  # not even the first event fits what is left of the batch
                 return [], index
             return [body[starts[index] : starts[end] - 1]], end
-        parts: list[bytes] = []
-        used = 0
-        while index < stop and len(parts) < max_events:
-            if types[index] in codes:
-                size = starts[index + 1] - starts[index]
-                if (parts or not first) and used + size > budget:
-                    break
-                parts.append(body[starts[index] : starts[index + 1] - 1])
-                used += size
-            index += 1
-        return parts, index
+        # Some are left out: one at a time, each as stored (the classic form's size).
+        parts, _, after = self.take_each(
+            index, stop, types, codes, max_events, budget, first, STORED_AS_IS
+        )
+        return parts, after
 
     def take_each(
         self,
@@ -353,6 +347,10 @@ class StoredSegment:
                 used += size
             index += 1
         return stored, made, index
+
+
+#: The form whose events are sent as they are stored (``take``'s slow path).
+STORED_AS_IS = Form()
 
 
 def format_counts(counts: Mapping[str, int]) -> str:
