@@ -1,12 +1,15 @@
-"""A real filter node: Debian's nginx with libmodsecurity 3 and the OWASP CRS on loopback,
-once blocking (``SecRuleEngine On``) and once detecting only, and the real ``tailhook
-run`` tailing both JSON audit logs with ``format: modsecurity``.
+"""Real filter nodes on loopback, each once blocking (``SecRuleEngine On``) and once
+detecting only, with the OWASP CRS, and the real ``tailhook run`` tailing both JSON audit
+logs with ``format: modsecurity``: Debian's nginx with libmodsecurity 3, and Debian's
+apache2 with ModSecurity 2.9 (``mod_security2``, built with yajl, so it writes
+``SecAuditLogFormat JSON``: ModSecurity 2's layout). One server at a time: the fixtures
+are per module and per server.
 
 Attacks of several CRS families and clean requests go to each node
 (`tests.support.attacks`); the loopback receiver must get exactly one hit per attacked
 request with the right ``type``, ``block_status``, ``point``, ``parameter``,
 ``payloads``, client address and response status, and nothing for a clean request.
-Without nginx and its ModSecurity module the tests skip, except in CI (``CI`` set),
+Without a server and its ModSecurity module its tests skip, except in CI (``CI`` set),
 where they fail: ``.ci/run`` installs Debian's packages.
 """
 
@@ -27,26 +30,35 @@ from tests.support.attacks import (
     valid_hits,
 )
 from tests.support.receiver import Receiver
-from tests.support.waf import WafNode
+from tests.support.waf import Kind, WafNode
 
 pytestmark = pytest.mark.slow
 
-#: libmodsecurity 3 names a JSON body's field ``json.q``.
+XSS = ["<script>alert(1)</script>"]
+#: A JSON body's field: ``json.q`` in libmodsecurity 3 (nginx), ``q`` in ModSecurity 2.
 EXPECTED = {
-    **COMMON_EXPECTED,
-    "json": Expected("xss", ["post", "json.q"], "POST_json.q_value", ["<script>alert(1)</script>"]),
+    "nginx": {
+        **COMMON_EXPECTED,
+        "json": Expected("xss", ["post", "json.q"], "POST_json.q_value", XSS),
+    },
+    "apache": {**COMMON_EXPECTED, "json": Expected("xss", ["post", "q"], "POST_q_value", XSS)},
 }
 
 
+@pytest.fixture(scope="module", params=sorted(EXPECTED))
+def server(request: pytest.FixtureRequest) -> Kind:
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="module")
-def blocking() -> Iterator[WafNode]:
-    with WafNode("nginx", "On") as node:
+def blocking(server: Kind) -> Iterator[WafNode]:
+    with WafNode(server, "On") as node:
         yield node
 
 
 @pytest.fixture(scope="module")
-def detecting() -> Iterator[WafNode]:
-    with WafNode("nginx", "DetectionOnly") as node:
+def detecting(server: Kind) -> Iterator[WafNode]:
+    with WafNode(server, "DetectionOnly") as node:
         yield node
 
 
@@ -59,20 +71,20 @@ def tailhook(
 
 
 def test_a_blocking_node_gets_one_blocked_hit_per_attack_and_none_for_clean_requests(
-    blocking: WafNode, detecting: WafNode, tailhook: tuple[AgentProcess, Receiver]
+    server: Kind, blocking: WafNode, detecting: WafNode, tailhook: tuple[AgentProcess, Receiver]
 ) -> None:
     agent, receiver = tailhook
     responses, hits = deliver(blocking, receiver, "blocking")
-    check_hits(blocking, responses, hits, EXPECTED)
+    check_hits(blocking, responses, hits, EXPECTED[server])
     valid_hits(hits)
     read_everything(agent, [blocking, detecting])
 
 
 def test_a_detecting_node_gets_one_monitored_hit_per_attack_and_none_for_clean_requests(
-    blocking: WafNode, detecting: WafNode, tailhook: tuple[AgentProcess, Receiver]
+    server: Kind, blocking: WafNode, detecting: WafNode, tailhook: tuple[AgentProcess, Receiver]
 ) -> None:
     agent, receiver = tailhook
     responses, hits = deliver(detecting, receiver, "detecting")
-    check_hits(detecting, responses, hits, EXPECTED)
+    check_hits(detecting, responses, hits, EXPECTED[server])
     valid_hits(hits)
     read_everything(agent, [blocking, detecting])
