@@ -61,10 +61,7 @@ def read_whole_file(state: Path, log: Path, workers: int) -> tuple[FileSource, M
             if not source._read_all():
                 break
     finally:
-        for tailed in source.files.values():
-            os.close(tailed.fd)
-        source.files.clear()
-        source.converter.close()
+        source.teardown()  # closes its files and its workers
         spool.close()
     return source, metrics
 
@@ -182,10 +179,7 @@ def test_a_dead_worker_is_counted_and_its_burst_converted_in_the_thread(tmp_path
         assert failures() == 1
         assert spool.backlog("soc") == 9000
     finally:
-        for tailed in source.files.values():
-            os.close(tailed.fd)
-        source.files.clear()
-        source.converter.close()
+        source.teardown()  # closes its files and its workers
         spool.close()
 
 
@@ -213,10 +207,7 @@ def test_small_reads_never_start_workers(tmp_path: Path) -> None:
         assert source.converter.bursts == 0
         assert not source.converter.worker_pids()
     finally:
-        for tailed in source.files.values():
-            os.close(tailed.fd)
-        source.files.clear()
-        source.converter.close()
+        source.teardown()  # closes its files and its workers
         spool.close()
 
 
