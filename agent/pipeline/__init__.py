@@ -83,10 +83,9 @@ class LineProcessor:
             if line.endswith(b"\r"):
                 line = line[:-1]
             try:
-                if b"\x00" in line:
-                    obj = decode_line(line)  # raises: the reason is worked out there
                 # The fast path takes most hits; any other line takes the exact path,
-                # which decides its verdict and reason (agent.formats.native_fast).
+                # which decides its verdict and reason (agent.formats.native_fast). A NUL
+                # byte fails both decoders, and decode_line names it.
                 notification = fast_hit(line)
                 if notification is not None:
                     event_type = "hit"
