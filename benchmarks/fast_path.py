@@ -1,6 +1,6 @@
 """What converting one native hit line costs, step by step, on the exact path
 (orjson -> jsonschema_rs -> map_hit -> orjson) and the fast path (msgspec typed decode
--> map_hit_line -> orjson), in one process on the same lines (issue 11, item 3).
+-> map_hit_line -> msgspec encode), in one process on the same lines (issue 11, item 3).
 
 ``python benchmarks/fast_path.py [N]`` prints microseconds per event for decode+validate,
 map, encode and the whole, best of five alternating rounds, for N realistic lines (100,000).
@@ -24,7 +24,7 @@ from lines import realistic_hit_line
 
 from agent.formats import MappingContext
 from agent.formats.native import NativeFormat, map_hit
-from agent.formats.native_fast import _decode, fast_hit, map_hit_line
+from agent.formats.native_fast import _decode, encode_into, fast_hit, map_hit_line
 
 
 def timed_us(step: Callable[[], Any], count: int) -> float:
@@ -44,7 +44,12 @@ def main(count: int) -> None:
     objs = [loads(line) for line in lines]
     typed = [_decode(line) for line in lines]
     notes = [map_hit(obj, ctx) for obj in objs]
-    assert [map_hit_line(hit) for hit in typed] == notes
+    fast_notes = [map_hit_line(hit) for hit in typed]
+    written = bytearray()
+    for fast_note in fast_notes:
+        encode_into(fast_note, written, -1)
+        written.append(10)
+    assert bytes(written) == b"".join(dumps(note, option=opt) for note in notes)
 
     def old_decode() -> None:
         for line in lines:
@@ -54,14 +59,22 @@ def main(count: int) -> None:
         for obj in objs:
             map_hit(obj, ctx)
 
-    def encode() -> None:
+    def old_encode() -> None:
+        body = bytearray()
         for note in notes:
-            dumps(note, option=opt)
+            body += dumps(note, option=opt)
+
+    def new_encode() -> None:
+        body = bytearray()
+        for note in fast_notes:
+            encode_into(note, body, -1)
+            body.append(10)
 
     def old_whole() -> None:
         convert = native.convert
+        body = bytearray()
         for line in lines:
-            dumps(convert(loads(line), ctx)[1], option=opt)
+            body += dumps(convert(loads(line), ctx)[1], option=opt)
 
     def new_decode() -> None:
         for line in lines:
@@ -72,8 +85,10 @@ def main(count: int) -> None:
             map_hit_line(hit)
 
     def new_whole() -> None:
+        body = bytearray()
         for line in lines:
-            dumps(fast_hit(line), option=opt)
+            encode_into(fast_hit(line), body, -1)
+            body.append(10)
 
     # The inputs held for the steps (a million objects) are not what the agent holds:
     # frozen, the collector no longer walks them on every collection.
@@ -82,7 +97,7 @@ def main(count: int) -> None:
     steps = {
         "decode+validate": (old_decode, new_decode),
         "map": (old_map, new_map),
-        "encode": (encode, encode),
+        "encode": (old_encode, new_encode),
         "whole": (old_whole, new_whole),
     }
     # The machine is shared: the two paths alternate, and each keeps its best of five.

@@ -20,6 +20,7 @@ import orjson
 
 from agent.errors import RejectedLine
 from agent.formats import EventFormat, MappingContext
+from agent.formats.native_fast import encode_into
 from agent.formats.wallarm import vulnerability_fields
 from agent.pipeline.rejected import RejectedLines
 from agent.spool import NewSegment
@@ -28,6 +29,7 @@ from agent.spool.segments import TYPE_CODES
 from agent.telemetry import Metrics
 
 log = logging.getLogger(__name__)
+HIT, NEWLINE = TYPE_CODES["hit"], ord("\n")
 
 
 def decode_line(line: bytes) -> Any:
@@ -71,30 +73,41 @@ class LineProcessor:
 
     def process(self, lines: Iterable[bytes]) -> NewSegment:
         """Complete lines (without their ``\\n``) -> the accepted events, encoded."""
-        # The hot path: names bound locally, NewSegment.add inlined.
+        # The hot path: names bound locally, NewSegment.add inlined, a hit the fast path
+        # takes encoded straight into the segment's buffer and counted in a local.
         keep = NewSegment()
         starts, body, codes, facts = keep.starts, keep.body, keep.codes, keep.facts
         judged = self.filtering()
+        hits = 0
         accepted: Counter[str] = Counter()
         rejected_lines: Counter[tuple[str, str]] = Counter()
         convert, ctx, loads, dumps = self.format.convert, self.ctx, orjson.loads, orjson.dumps
-        fast_hit = self.format.fast_hit
+        fast_hit, hit_code = self.format.fast_hit, HIT
         for line in lines:
+            # The fast path takes most hits (a "\\r" before the newline is JSON white
+            # space to it); any other line takes the exact path, which decides its
+            # verdict and reason (agent.formats.native_fast). A NUL byte fails both
+            # decoders, and decode_line names it.
+            note = fast_hit(line)
+            if note is not None:
+                if judged:
+                    facts.append(("hit", note.block_status, note.type, note.domain, None))
+                else:
+                    facts.append(None)
+                starts.append(len(body))
+                encode_into(note, body, -1)
+                body.append(NEWLINE)
+                codes.append(hit_code)
+                hits += 1
+                continue
             if line.endswith(b"\r"):
                 line = line[:-1]
             try:
-                # The fast path takes most hits; any other line takes the exact path,
-                # which decides its verdict and reason (agent.formats.native_fast). A NUL
-                # byte fails both decoders, and decode_line names it.
-                notification = fast_hit(line)
-                if notification is not None:
-                    event_type = "hit"
-                else:
-                    try:
-                        obj = loads(line)
-                    except orjson.JSONDecodeError:
-                        obj = decode_line(line)  # raises with the reason
-                    event_type, notification = convert(obj, ctx)
+                try:
+                    obj = loads(line)
+                except orjson.JSONDecodeError:
+                    obj = decode_line(line)  # raises with the reason
+                event_type, notification = convert(obj, ctx)
             except RejectedLine as rejected:
                 if rejected.reason == "invalid_json" and is_blank(line):
                     continue
@@ -110,6 +123,8 @@ class LineProcessor:
             starts.append(len(body))
             body += dumps(notification, option=orjson.OPT_APPEND_NEWLINE)
             codes.append(TYPE_CODES[event_type])
+        if hits:
+            accepted["hit"] += hits
         self._count(accepted, rejected_lines)
         return keep
 
