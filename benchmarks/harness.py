@@ -44,6 +44,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (``workers``' fork server and workers), alive now."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and of the processes below it that are alive now."""
+    total = cpu_seconds(pid)
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(child)
+    return total
+
+
 def status_mib(pid: int, field: str) -> float:
     """A memory field of /proc/PID/status in MiB: ``VmHWM`` (peak RSS), ``VmRSS``."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -144,6 +172,7 @@ def agent_config(
     batch: str = "{max_events: 500}",
     spool: str = "",
     retry: str = "",
+    workers: int = 1,
 ) -> Path:
     """A ``tailhook run`` config: one file source on ``log``, one webhook taking hits,
     the spool in ``directory/state``; info logs (the start line) to a file."""
@@ -153,7 +182,7 @@ def agent_config(
         "metrics: {listen: '127.0.0.1:0'}\n"
         "log: {level: info, format: json}\n"
         + (f"spool: {spool}\n" if spool else "")
-        + f"sources: [{{name: bench, type: file, paths: ['{log}']}}]\n"
+        + f"sources: [{{name: bench, type: file, paths: ['{log}'], workers: {workers}}}]\n"
         f"webhooks: [{{name: sink, url: '{url}', events: [hit], batch: {batch}"
         + (f", retry: {retry}" if retry else "")
         + "}]\n"

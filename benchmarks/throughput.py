@@ -41,13 +41,14 @@ from pathlib import Path
 from harness import (
     Receiver,
     agent_config,
-    cpu_seconds,
     cpu_ticks,
+    descendants,
     load_average,
     machine_busy,
     start_agent,
     start_py_spy,
     status_mib,
+    tree_cpu_seconds,
     work_dir,
 )
 from lines import write_realistic_lines
@@ -105,10 +106,11 @@ class AgentRun:
     requests: int
 
 
-def run_agent(tmp: Path, log: Path, count: int, profile: Path | None) -> AgentRun:
-    """``tailhook run`` delivers the ``count`` lines of ``log`` to a receiver process."""
+def run_agent(tmp: Path, log: Path, count: int, profile: Path | None, workers: int = 1) -> AgentRun:
+    """``tailhook run`` delivers the ``count`` lines of ``log`` to a receiver process;
+    with ``workers``, its worker processes' CPU and peak RSS count too."""
     with Receiver() as receiver:
-        config = agent_config(tmp, log, receiver.url)
+        config = agent_config(tmp, log, receiver.url, workers=workers)
         hold = tmp / "hold.log"
         log.rename(hold)  # the agent starts with nothing to read (start-up is not per event)
         agent = start_agent(tmp, config)
@@ -116,12 +118,14 @@ def run_agent(tmp: Path, log: Path, count: int, profile: Path | None) -> AgentRu
         try:
             if profile is not None:
                 spy = start_py_spy(agent.pid, profile)
-            cpu_before, rx_before = cpu_seconds(agent.pid), receiver.stats()
+            cpu_before, rx_before = tree_cpu_seconds(agent.pid), receiver.stats()
             started = time.monotonic()
             hold.rename(log)
             wall = receiver.wait_events(count, TIME_LIMIT) - started
-            cpu = cpu_seconds(agent.pid) - cpu_before
-            rss = status_mib(agent.pid, "VmHWM")
+            cpu = tree_cpu_seconds(agent.pid) - cpu_before
+            rss = status_mib(agent.pid, "VmHWM") + sum(
+                status_mib(child, "VmHWM") for child in descendants(agent.pid)
+            )
             rx_after = receiver.stats()
         finally:
             agent.terminate()
@@ -140,7 +144,9 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def run_case(case: Case, count: int, base: Path | None, profile: Path | None) -> bool:
+def run_case(
+    case: Case, count: int, base: Path | None, profile: Path | None, workers: int = 1
+) -> bool:
     """Measure one case and print its figures; True if every target was met."""
     with work_dir(base) as tmp:
         logs = tmp / "logs"
@@ -156,7 +162,7 @@ def run_case(case: Case, count: int, base: Path | None, profile: Path | None) ->
         with Receiver() as receiver:
             stages = measure_stages(log, stages_dir, receiver.url)
         floors = [measure_floor(log)]
-        run = run_agent(tmp, log, count, profile)
+        run = run_agent(tmp, log, count, profile, workers)
         floors.append(measure_floor(log))
         print(f"   over the case: {machine_busy(ticks, cpu_ticks())} (of {os.cpu_count()} CPUs)")
     floor = Floor(sum(one.cpu_per_event for one in floors) / 2, sum(one.rate for one in floors) / 2)
@@ -171,6 +177,7 @@ def run_case(case: Case, count: int, base: Path | None, profile: Path | None) ->
     print(
         f"agent (tailhook run): {per_event * 1e6:6.2f} µs CPU/event, {rate:,.0f} events/s "
         f"({run.wall:.2f} s), peak RSS {run.rss:.1f} MiB, {run.requests} requests"
+        + (f"; workers: {workers} (their CPU and peak RSS included)" if workers > 1 else "")
     )
     busy = run.receiver_cpu / run.wall
     capacity = count / run.receiver_cpu if run.receiver_cpu else float("inf")
@@ -221,6 +228,9 @@ def main() -> int:
     parser.add_argument("--events", type=int, help="lines per case (default: the case's)")
     parser.add_argument("--dir", type=Path, help="where the lines and state go (/dev/shm)")
     parser.add_argument("--profile", type=Path, help="record py-spy profiles into this dir")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="the source's ``workers`` (default 1, the default)"
+    )
     args = parser.parse_args()
     cases = list(CASES.values()) if args.case == "all" else [CASES[args.case]]
     met = True
@@ -229,7 +239,7 @@ def main() -> int:
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             profile = args.profile / f"agent-{case.name}.raw"
-        ok = run_case(case, args.events or case.events, args.dir, profile)
+        ok = run_case(case, args.events or case.events, args.dir, profile, args.workers)
         met = met and ok
     print("all targets met" if met else "a target was missed")
     return 0 if met else 1
