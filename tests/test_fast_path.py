@@ -439,3 +439,47 @@ def test_msgspec_writes_what_orjson_writes() -> None:
     assert encode(1e16) != orjson.dumps(1e16)  # why the fast path takes floats below it
     ints = [0, -1, 2**63 - 1, -(2**63), *(rng.randrange(-(2**63), 2**63) for _ in range(10_000))]
     assert encode(ints) == orjson.dumps(ints)
+
+
+def test_the_mapping_caches_keep_no_long_key(tmp_path: Path) -> None:
+    """A line's values are its writer's to choose: a long time, attack type, IPv6 scope id
+    or point is mapped (the exact path takes what the fast path leaves) but never kept as
+    a cache key, so thousands of such lines cannot make the caches hold much memory: a
+    second round of new long values leaves every cache the size the first left it."""
+    from agent.formats import native, native_fast
+
+    caches: list[Any] = [
+        native._rfc3339_seconds,
+        native._cached_other_addresses,
+        native_fast._time_seconds,
+        native_fast._is_attack_type,
+    ]
+    line = (Path(__file__).parent / "data" / "native" / "detections.jsonl").read_bytes()
+    base = orjson.loads(line.splitlines()[0])
+    long = "x" * 10_000
+    changes: list[Callable[[dict[str, Any], int], None]] = [
+        lambda doc, n: doc.update(time=f"2025-06-15T15:06:00.{'1' * 10_000}{n}Z"),
+        lambda doc, n: doc.update(time=f"2025-06-15T15:06:00Z{long}{n}"),  # no date
+        lambda doc, n: doc.update(attack_type=f"sqli{long}{n}"),
+        lambda doc, n: doc["client"].update(addr=f"fe80::1%{long}{n}"),
+        lambda doc, n: doc.update(point=["get", f"p{long}{n}"]),
+    ]
+    sizes = []
+    for first in (0, 10):
+        lines = []
+        for change in changes:
+            for n in range(first, first + 10):
+                doc = json.loads(json.dumps(base))
+                change(doc, n)
+                lines.append(orjson.dumps(doc))
+        verdicts = [native_reference()(line) for line in lines]
+        outcomes = [verdict[0] for verdict in verdicts]
+        assert outcomes == ["accepted"] * 10 + ["rejected"] * 10 + ["accepted"] * 30
+        state = tmp_path / str(first)
+        state.mkdir()
+        notes, rejected = through_pipeline("native", lines, state, verdicts)
+        assert notes == [v[1] + b"\n" for v in verdicts if v[0] == "accepted"]  # type: ignore[operator]
+        assert [reason for reason, _ in rejected] == ["invalid_schema"] * 10
+        sizes.append([cache.cache_info().currsize for cache in caches])
+        sizes[-1].append(len(native_fast._parameters))
+    assert sizes[1] == sizes[0]
