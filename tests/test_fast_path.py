@@ -443,9 +443,10 @@ def test_msgspec_writes_what_orjson_writes() -> None:
 
 def test_the_mapping_caches_keep_no_long_key(tmp_path: Path) -> None:
     """A line's values are its writer's to choose: a long time, attack type, IPv6 scope id
-    or point is mapped (the exact path takes what the fast path leaves) but never kept as
-    a cache key, so thousands of such lines cannot make the caches hold much memory: a
-    second round of new long values leaves every cache the size the first left it."""
+    or point (or a point of many parts) is mapped (the exact path takes what the fast
+    path leaves) but never kept as a cache key, so thousands of such lines cannot make
+    the caches hold much memory: a second round of new long values leaves every cache
+    the size the first left it."""
     from agent.formats import native, native_fast
 
     caches: list[Any] = [
@@ -463,6 +464,7 @@ def test_the_mapping_caches_keep_no_long_key(tmp_path: Path) -> None:
         lambda doc, n: doc.update(attack_type=f"sqli{long}{n}"),
         lambda doc, n: doc["client"].update(addr=f"fe80::1%{long}{n}"),
         lambda doc, n: doc.update(point=["get", f"p{long}{n}"]),
+        lambda doc, n: doc.update(point=["get", str(n), *"a" * 39]),  # many short parts
     ]
     sizes = []
     for first in (0, 10):
@@ -474,7 +476,7 @@ def test_the_mapping_caches_keep_no_long_key(tmp_path: Path) -> None:
                 lines.append(orjson.dumps(doc))
         verdicts = [native_reference()(line) for line in lines]
         outcomes = [verdict[0] for verdict in verdicts]
-        assert outcomes == ["accepted"] * 10 + ["rejected"] * 10 + ["accepted"] * 30
+        assert outcomes == ["accepted"] * 10 + ["rejected"] * 10 + ["accepted"] * 40
         state = tmp_path / str(first)
         state.mkdir()
         notes, rejected = through_pipeline("native", lines, state, verdicts)

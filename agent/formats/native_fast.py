@@ -198,11 +198,13 @@ def _is_attack_type(value: str) -> bool:
     return _is_attack(value) is not None
 
 
-#: ``parameter`` by point, for points whose parameter is short; emptied when full (the
-#: points of a site repeat; a stream of new ones costs one dict look-up each).
+#: ``parameter`` by point, for short points; emptied when full (the points of a site
+#: repeat; a stream of new ones costs one dict look-up each). A key is at most 8 parts
+#: and 128 characters: 4,096 of them hold a few MB at most, whatever the lines hold.
 _parameters: dict[tuple[str | int, ...], str] = {}
 _MAX_PARAMETERS = 4096
-_MAX_CACHED_PARAMETER = 256  # characters
+_MAX_CACHED_PARTS = 8
+_MAX_CACHED_PARAMETER = 128  # characters
 
 
 def _parameter(point: list[str | int]) -> str:
@@ -210,7 +212,7 @@ def _parameter(point: list[str | int]) -> str:
     parameter = _parameters.get(key)
     if parameter is None:
         parameter = parameter_from_point(point)
-        if len(parameter) <= _MAX_CACHED_PARAMETER:
+        if len(point) <= _MAX_CACHED_PARTS and len(parameter) <= _MAX_CACHED_PARAMETER:
             if len(_parameters) >= _MAX_PARAMETERS:
                 _parameters.clear()
             _parameters[key] = parameter
