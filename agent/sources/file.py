@@ -7,8 +7,11 @@ with the events it produced (``Spool.append``), never ahead of them.
 
 Changes are noticed through watchdog (inotify, or polling with ``watch: poll``), and by
 a rescan every second whatever the watcher says, so a missed event costs a second, not
-a line. Which files match, which are tailhook's own, and when to try again a file that
-could not be opened: ``agent.sources.discovery``.
+a line. A directory watched alone (not a ``**`` glob's tree) is watched through
+watchdog's shared inotify reader directly: its thread wakes the source, rather than
+handing each event through an observer's emitter and dispatcher threads first. Which
+files match, which are tailhook's own, and when to try again a file that could not be
+opened: ``agent.sources.discovery``.
 
 A file found at start but not readable yet keeps its checkpoint (and ``start_at``), so
 it is read from where it was once it can be opened.
@@ -26,6 +29,14 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.inotify_c import (
+    WATCHDOG_ALL_EVENTS,
+    CallbackId,
+    InotifyEvent,
+    InotifyFD,
+    WatchDescriptor,
+)
 from watchdog.observers.polling import PollingObserver
 
 from agent.config import FileSourceConfig
@@ -101,6 +112,35 @@ class _Wake(FileSystemEventHandler):
         self.wake.set()
 
 
+class _DirectWatch:
+    """A directory watched through watchdog's shared inotify reader (``InotifyFD``),
+    whose thread calls ``on_event``: one hand-off per change, to the source's thread,
+    instead of three through an observer's queue, emitter and dispatcher threads. At
+    1,000 one-line writes a second those threads took ~24 % of a core."""
+
+    def __init__(
+        self, wake: threading.Event, rescan: threading.Event, lost: set[str], directory: str
+    ) -> None:
+        self.wake = wake
+        self.rescan = rescan
+        self.lost = lost  # watched directories gone (watched again once they are back)
+        self.directory = directory
+
+    def on_event(self, event: InotifyEvent) -> None:
+        if not event.is_modify:
+            self.rescan.set()  # a file created, moved or deleted; or the directory itself
+        self.wake.set()
+
+    def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+        self.lost.add(self.directory)
+        self.rescan.set()
+        self.wake.set()
+
+    def on_queue_overflow(self) -> None:
+        self.rescan.set()
+        self.wake.set()
+
+
 class FileSource(Worker):
     """Tails one ``type: file`` source in a thread of its own."""
 
@@ -127,6 +167,9 @@ class FileSource(Worker):
         self._rescan = threading.Event()
         self._observer: BaseObserver | None = None
         self._watched: set[str] = set()
+        #: Directories watched directly (``_DirectWatch``): their watch and callback ids.
+        self._direct: dict[str, tuple[WatchDescriptor, CallbackId]] = {}
+        self._lost: set[str] = set()
         self._lines = metrics.source_lines.labels(source=self.name)
         self._bytes = metrics.source_bytes.labels(source=self.name)
         self._lag = metrics.file_lag.labels(source=self.name)
@@ -209,10 +252,15 @@ class FileSource(Worker):
 
     def _watch(self, directory: str, recursive: bool) -> None:
         assert self._observer is not None
+        self._forget_lost()
         if directory in self._watched or not os.path.isdir(directory):
             return
         try:
-            self._observer.schedule(_Wake(self._wake, self._rescan), directory, recursive=recursive)
+            if not recursive and isinstance(self._observer, InotifyObserver):
+                self._watch_directly(directory)
+            else:
+                wake = _Wake(self._wake, self._rescan)
+                self._observer.schedule(wake, directory, recursive=recursive)
         except OSError as exc:
             log.warning(
                 "Cannot watch a directory; it is rescanned every second",
@@ -220,7 +268,25 @@ class FileSource(Worker):
             )
         self._watched.add(directory)
 
+    def _watch_directly(self, directory: str) -> None:
+        callback_id = CallbackId(id(self))  # one per source, unique while it lives
+        watch = _DirectWatch(self._wake, self._rescan, self._lost, directory)
+        wd = InotifyFD.get_instance().add_callback(
+            os.fsencode(directory), WATCHDOG_ALL_EVENTS, watch, callback_id
+        )
+        self._direct[directory] = (wd, callback_id)
+
+    def _forget_lost(self) -> None:
+        """Directories whose watch went with them are watched again once they are back."""
+        while self._lost:
+            directory = self._lost.pop()
+            self._direct.pop(directory, None)
+            self._watched.discard(directory)
+
     def _stop_watching(self) -> None:
+        if self._direct:
+            InotifyFD.get_instance().remove_callbacks(list(self._direct.values()))
+            self._direct.clear()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
