@@ -34,7 +34,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from agent.config import parse_config
-from agent.formats import MappingContext, load_format, native
+from agent.formats import MappingContext, load_format, native, native_fast
 from agent.formats.native import map_hit
 from agent.pipeline import LineProcessor
 from agent.pipeline.rejected import RejectedLog
@@ -51,6 +51,9 @@ from agent.telemetry import Metrics
 #: The stages in the order the agent runs them; the indented ones are the parts of
 #: the pipeline, measured apart (``PIPELINE`` is what the agent runs).
 READ = "read + split (file source)"
+FAST_DECODE = "  decode + validate (msgspec, typed)"
+FAST_MAP = "  map (native_fast.map_hit_line)"
+FAST_ENCODE = "  encode (msgspec, into the segment)"
 DECODE = "  decode (orjson.loads)"
 VALIDATE = "  validate (jsonschema_rs, hit schema)"
 MAP = "  map (native.map_hit)"
@@ -63,7 +66,10 @@ SEND = "delivery: headers + HTTP exchange"
 FINISH = "batch finish (finish_batch)"
 METRICS = "metric updates (per read, per batch)"
 AGENT_PATH = (READ, PIPELINE, KEEP, CHECK, FORM, SEND, FINISH, METRICS)
-PARTS = (DECODE, VALIDATE, MAP, ENCODE)
+#: The pipeline's parts as the agent runs them (the fast path takes every line here),
+#: and the exact path's (the floor's), measured on the same lines for comparison.
+PARTS = (FAST_DECODE, FAST_MAP, FAST_ENCODE)
+EXACT_PARTS = (DECODE, VALIDATE, MAP, ENCODE)
 
 
 @dataclass(frozen=True)
@@ -117,11 +123,14 @@ def measure_floor(path: Path) -> Floor:
 
 
 def forget_mapping_caches() -> None:
-    """Empty the native format's caches (addresses, times), so that a pass over a read
-    finds in them what the agent would: the previous reads' keys, not this one's."""
-    for value in vars(native).values():
-        if callable(getattr(value, "cache_clear", None)):
-            value.cache_clear()
+    """Empty the native format's caches (addresses, times, attack types, parameters), so
+    that a pass over a read finds in them what the agent would: the previous reads'
+    keys, not this one's."""
+    for module in (native, native_fast):
+        for value in vars(module).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+    native_fast._parameters.clear()
 
 
 class Stopwatch:
@@ -188,7 +197,8 @@ class StagedAgent:
         return lines, consumed
 
     def parts(self, lines: list[bytes]) -> None:
-        """The pipeline's parts, each over the whole read (their results are dropped)."""
+        """The pipeline's parts, the exact way and the fast path's, each over the whole
+        read (their results are dropped; the two are checked to write the same bytes)."""
         watch, ctx, loads, dumps = self.watch, self.ctx, orjson.loads, orjson.dumps
         forget_mapping_caches()
         watch.start()
@@ -205,6 +215,26 @@ class StagedAgent:
             starts.append(len(body))
             body += dumps(notification, option=orjson.OPT_APPEND_NEWLINE)
         watch.lap(ENCODE)
+        forget_mapping_caches()
+        decode, map_line, encode_into = (
+            native_fast._decode,
+            native_fast.map_hit_line,
+            native_fast.encode_into,
+        )
+        watch.start()
+        typed = [decode(line) for line in lines]
+        watch.lap(FAST_DECODE)
+        notes = [map_line(hit) for hit in typed]
+        watch.lap(FAST_MAP)
+        fast_body = bytearray()
+        fast_starts = []
+        for note in notes:
+            fast_starts.append(len(fast_body))
+            encode_into(note, fast_body, -1)
+            fast_body.append(10)
+        watch.lap(FAST_ENCODE)
+        if fast_body != body:
+            raise SystemExit("the fast path did not take every line, or wrote other bytes")
 
     def deliver(self, everything: bool) -> None:
         """Deliver full batches (and, with ``everything``, the rest), as the sink does."""

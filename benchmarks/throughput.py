@@ -54,6 +54,7 @@ from harness import (
 from lines import write_realistic_lines
 from stages import (
     AGENT_PATH,
+    EXACT_PARTS,
     PARTS,
     Floor,
     check_floor_matches_format,
@@ -220,6 +221,9 @@ def print_stages(stages: dict[str, float], agent_per_event: float) -> None:
         f"   {'agent beyond the sum (threads, waits, locks)':<48} "
         f"{(agent_per_event - path_total) * 1e6:6.2f}"
     )
+    print("   the exact path's parts (the floor's), on the same lines:")
+    for part in EXACT_PARTS:
+        print(f"   {part:<48} {stages.get(part, 0.0) * 1e6:6.2f}")
 
 
 def main() -> int:
