@@ -79,17 +79,29 @@ def test_an_append_and_a_new_file_wake_the_source_at_once(
     logs = tmp_path / "logs"
     logs.mkdir()
     append(logs / "a.log", 0)
-    with Running(tmp_path / "state", str(logs / "*.log")) as running:
-        source = running.source
+    running = Running(tmp_path / "state", str(logs / "*.log"))
+    source = running.source
+    scans: list[float] = []
+    scan = source._scan
+
+    def counted_scan() -> None:
+        scans.append(time.monotonic())
+        scan()
+
+    source._scan = counted_scan  # type: ignore[method-assign]
+    with running:
         assert wait_until(lambda: running.backlog() == 1, WAKE)
         assert list(source._direct) == [str(logs)]
         observer = source._observer
         assert observer is not None and not observer.emitters  # no emitter thread
-        started = time.monotonic()
-        append(logs / "a.log", 1)
-        assert wait_until(lambda: running.backlog() == 2, WAKE)
-        append(logs / "b.log", 2)  # a new file: the callback asks for a rescan
-        assert wait_until(lambda: running.backlog() == 3, WAKE)
+        started, scanned = time.monotonic(), len(scans)
+        for n in range(1, 6):  # each opens, writes and closes the file: no rescan
+            append(logs / "a.log", n)
+            assert wait_until(lambda n=n: running.backlog() == n + 1, WAKE)
+        assert len(scans) == scanned
+        append(logs / "b.log", 6)  # a new file: the callback asks for a rescan
+        assert wait_until(lambda: running.backlog() == 7, WAKE)
+        assert len(scans) > scanned
         assert time.monotonic() - started < LONG_RESCAN / 2
 
 

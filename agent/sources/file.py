@@ -127,8 +127,10 @@ class _DirectWatch:
         self.directory = directory
 
     def on_event(self, event: InotifyEvent) -> None:
-        if not event.is_modify:
-            self.rescan.set()  # a file created, moved or deleted; or the directory itself
+        # Files created, moved or deleted (or the directory itself) are found by a
+        # rescan; a write, an open or a close only wakes the source to read.
+        if event.is_create or event.is_move or event.is_delete or event.is_delete_self:
+            self.rescan.set()
         self.wake.set()
 
     def on_watch_deleted(self, wd: WatchDescriptor) -> None:
