@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,9 +35,9 @@ WAKE = 10.0
 
 
 class Running:
-    """A file source tailing ``glob`` in its own thread, into a spool of its own."""
+    """A file source tailing ``globs`` in its own thread, into a spool of its own."""
 
-    def __init__(self, state: Path, glob: str) -> None:
+    def __init__(self, state: Path, *globs: str) -> None:
         state.mkdir(mode=0o700)
         self.metrics = Metrics(CollectorRegistry())
         self.spool = Spool(state / "spool.db", self.metrics)
@@ -44,7 +45,7 @@ class Running:
         processor = LineProcessor(
             "waf", load_format("native"), MappingContext(), self.metrics, RejectedLog(state, "waf")
         )
-        config = FileSourceConfig(name="waf", paths=(glob,))
+        config = FileSourceConfig(name="waf", paths=globs)
         self.source = FileSource(config, self.spool, processor, self.metrics, state)
 
     def __enter__(self) -> Running:
@@ -121,8 +122,9 @@ def test_a_glob_over_a_tree_is_still_watched_by_an_observer(
         assert wait_until(lambda: running.backlog() == 2, WAKE)
 
 
+@pytest.mark.parametrize("gone", ["removed", "moved away"])
 def test_a_directory_made_again_is_watched_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gone: str
 ) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -130,7 +132,11 @@ def test_a_directory_made_again_is_watched_again(
     with Running(tmp_path / "state", str(logs / "*.log")) as running:
         source = running.source
         assert wait_until(lambda: running.backlog() == 1, WAKE)
-        shutil.rmtree(logs)  # the watch goes with it; the source forgets it at its rescan
+        if gone == "removed":
+            shutil.rmtree(logs)  # the watch goes with it
+        else:
+            logs.rename(tmp_path / "logs.old")  # the watch follows the directory
+        # The source forgets the watch at the rescan the event asks for.
         assert wait_until(lambda: str(logs) not in source._direct, WAKE)
         logs.mkdir()
         append(logs / "a.log", 1)
@@ -143,3 +149,27 @@ def test_a_directory_made_again_is_watched_again(
         time.sleep(2 * short)  # the loop's last short wait ends; the next is 30 s long
         append(logs / "a.log", 2)
         assert wait_until(lambda: running.backlog() == 3, WAKE)  # inotify, on the new watch
+
+
+def test_two_globs_over_one_directory_watch_it_without_a_warning(
+    tmp_path: Path, long_rescan: None
+) -> None:
+    """``logs/*.log`` and ``logs/../logs/*.txt`` are one inotify watch: each glob's
+    callback has an id of its own, so none overwrites another, and none is missing
+    when they are removed (watchdog warns of both), here or with another source on the
+    same directory."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    append(logs / "a.log", 0)
+    append(logs / "a.txt", 1)
+    both = Running(tmp_path / "state", str(logs / "*.log"), str(logs / ".." / "logs" / "*.txt"))
+    other = Running(tmp_path / "other", str(logs / "*.log"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with both, other:
+            assert wait_until(lambda: both.backlog() == 2 and other.backlog() == 1, WAKE)
+            assert len(both.source._direct) == 2
+            append(logs / "a.txt", 2)
+            append(logs / "a.log", 3)
+            assert wait_until(lambda: both.backlog() == 4 and other.backlog() == 2, WAKE)
+    assert [str(warning.message) for warning in caught] == []

@@ -33,8 +33,10 @@ from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.inotify_c import (
     WATCHDOG_ALL_EVENTS,
     CallbackId,
+    InotifyConstants,
     InotifyEvent,
     InotifyFD,
+    Mask,
     WatchDescriptor,
 )
 from watchdog.observers.polling import PollingObserver
@@ -112,11 +114,18 @@ class _Wake(FileSystemEventHandler):
         self.wake.set()
 
 
+#: What a directly watched directory reports: watchdog's events, and the directory itself
+#: moved away (its path is then watched again, wherever it leads).
+DIRECT_EVENTS = Mask(WATCHDOG_ALL_EVENTS | InotifyConstants.IN_MOVE_SELF)
+
+
 class _DirectWatch:
     """A directory watched through watchdog's shared inotify reader (``InotifyFD``),
     whose thread calls ``on_event``: one hand-off per change, to the source's thread,
     instead of three through an observer's queue, emitter and dispatcher threads. At
-    1,000 one-line writes a second those threads took ~24 % of a core."""
+    1,000 one-line writes a second those threads took ~24 % of a core. Its callback id
+    is its own ``id()``: unique while the source holds it, even where two of a source's
+    globs reach one directory by two paths (one inotify watch)."""
 
     def __init__(
         self, wake: threading.Event, rescan: threading.Event, lost: set[str], directory: str
@@ -127,9 +136,17 @@ class _DirectWatch:
         self.directory = directory
 
     def on_event(self, event: InotifyEvent) -> None:
+        if event.is_move_self:  # the watch follows the directory; the path is what counts
+            self.lost.add(self.directory)
         # Files created, moved or deleted (or the directory itself) are found by a
         # rescan; a write, an open or a close only wakes the source to read.
-        if event.is_create or event.is_move or event.is_delete or event.is_delete_self:
+        if (
+            event.is_create
+            or event.is_move
+            or event.is_delete
+            or event.is_delete_self
+            or event.is_move_self
+        ):
             self.rescan.set()
         self.wake.set()
 
@@ -169,8 +186,8 @@ class FileSource(Worker):
         self._rescan = threading.Event()
         self._observer: BaseObserver | None = None
         self._watched: set[str] = set()
-        #: Directories watched directly (``_DirectWatch``): their watch and callback ids.
-        self._direct: dict[str, tuple[WatchDescriptor, CallbackId]] = {}
+        #: Directories watched directly: their watch, callback id and callback.
+        self._direct: dict[str, tuple[WatchDescriptor, CallbackId, _DirectWatch]] = {}
         self._lost: set[str] = set()
         self._lines = metrics.source_lines.labels(source=self.name)
         self._bytes = metrics.source_bytes.labels(source=self.name)
@@ -271,23 +288,30 @@ class FileSource(Worker):
         self._watched.add(directory)
 
     def _watch_directly(self, directory: str) -> None:
-        callback_id = CallbackId(id(self))  # one per source, unique while it lives
         watch = _DirectWatch(self._wake, self._rescan, self._lost, directory)
+        callback_id = CallbackId(id(watch))
         wd = InotifyFD.get_instance().add_callback(
-            os.fsencode(directory), WATCHDOG_ALL_EVENTS, watch, callback_id
+            os.fsencode(directory), DIRECT_EVENTS, watch, callback_id
         )
-        self._direct[directory] = (wd, callback_id)
+        self._direct[directory] = (wd, callback_id, watch)
 
     def _forget_lost(self) -> None:
-        """Directories whose watch went with them are watched again once they are back."""
+        """Directories deleted or moved away are watched again once their path leads to
+        a directory again (their old callbacks are removed)."""
+        stale = []
         while self._lost:
             directory = self._lost.pop()
-            self._direct.pop(directory, None)
+            watched = self._direct.pop(directory, None)
+            if watched is not None:
+                stale.append(watched[:2])
             self._watched.discard(directory)
+        if stale:
+            InotifyFD.get_instance().remove_callbacks(stale)
 
     def _stop_watching(self) -> None:
         if self._direct:
-            InotifyFD.get_instance().remove_callbacks(list(self._direct.values()))
+            callbacks = [(wd, callback_id) for wd, callback_id, _ in self._direct.values()]
+            InotifyFD.get_instance().remove_callbacks(callbacks)
             self._direct.clear()
         if self._observer is not None:
             self._observer.stop()
