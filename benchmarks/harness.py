@@ -23,8 +23,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from tests.support.agent_process import AgentProcess  # noqa: E402
+from tests.support.procfs import cpu_seconds, descendants, status_kib  # noqa: E402
 
-__all__ = ["REPO", "AgentProcess", "Receiver", "agent_config", "work_dir"]
+__all__ = [
+    "REPO",
+    "AgentProcess",
+    "Receiver",
+    "agent_config",
+    "cpu_seconds",
+    "descendants",
+    "work_dir",
+]
 
 #: Where lines and state go by default: tmpfs, so the disk is not what is measured.
 TMPFS = Path("/dev/shm")
@@ -38,29 +47,9 @@ def work_dir(base: Path | None = None) -> Iterator[Path]:
         yield Path(name)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (``workers``' fork server and workers), alive now."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+def status_mib(pid: int, field: str) -> float:
+    """A memory field of /proc/PID/status in MiB: ``VmHWM`` (peak RSS), ``VmRSS``."""
+    return status_kib(pid, field) / 1024
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -70,14 +59,6 @@ def tree_cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError):
             total += cpu_seconds(child)
     return total
-
-
-def status_mib(pid: int, field: str) -> float:
-    """A memory field of /proc/PID/status in MiB: ``VmHWM`` (peak RSS), ``VmRSS``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
 
 
 def load_average() -> str:

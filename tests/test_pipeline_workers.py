@@ -23,6 +23,7 @@ from agent.spool import Spool
 from agent.telemetry import Metrics
 from tests.agent_support import hit_line, wait_until
 from tests.support.agent_process import AgentProcess, file_source_yaml
+from tests.support.procfs import descendants, stat_fields
 
 #: Lines that are not accepted, and where they go (past the first run of a read, so a
 #: worker rejects some of them).
@@ -211,28 +212,9 @@ def test_small_reads_never_start_workers(tmp_path: Path) -> None:
         spool.close()
 
 
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` now."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def running(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = stat_fields(pid)[0]
     except OSError:
         return False
     return state != "Z"

@@ -22,6 +22,8 @@ from typing import Self
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import procfs
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -139,16 +141,11 @@ class AgentProcess:
 
     def status_kib(self, field: str) -> int:
         """A ``kB`` field of ``/proc/PID/status`` (``VmHWM``, ``VmRSS``)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise KeyError(field)
+        return procfs.status_kib(self.pid, field)
 
     def cpu_seconds(self) -> float:
         """User and system CPU seconds so far (``/proc/PID/stat``)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return procfs.cpu_seconds(self.pid)
 
     def kill(self) -> None:
         """SIGKILL, as a crash."""
